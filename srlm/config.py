@@ -1,0 +1,210 @@
+"""The one typed config of srlm, with the paper's PTB settings as defaults.
+
+Every field can be set from the command line as `--config.<section>.<field>=value` (see
+`srlm.main`); library code receives a `Config` and never reads flags. `validate` checks ranges
+and names the offending flag in its message.
+"""
+
+import dataclasses
+import json
+from typing import Any, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from srlm.errors import ConfigError
+
+# SRI_SPEC §2: the authors' step sizes, 9 hand-set values then 0.05 for the remaining steps.
+PAPER_STEP_SIZES = (0.8, 0.7, 0.6, 0.5, 0.2, 0.2, 0.1, 0.1, 0.05) + (0.05,) * 11
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Corpus, vocabulary and batching."""
+  corpus: str = "ptb"
+  # TFDS data dir where the corpus is prepared as ArrayRecord; "" means $TFDS_DATA_DIR or
+  # ~/tensorflow_datasets.
+  dir: str = ""
+  # Directory holding the raw split files (ptb.train.txt, ...); "" means the copy embedded in
+  # the package.
+  source_dir: str = ""
+  batch_size: int = 32
+  # Padded sequence lengths, counting <s> and </s>. A sentence goes to the smallest bucket that
+  # holds it; jit compiles once per bucket. The last bucket is the maximum length.
+  buckets: tuple[int, ...] = (12, 22, 32, 48, 84)
+  # What to do with a sentence longer than the last bucket: "drop" it or "truncate" it (keep
+  # the first words and end it with </s>). Either way it is counted and logged.
+  overlong: str = "drop"
+  # 0 keeps every word type of the training split (PTB: 9,999 incl. <unk>, + <pad> <s> </s>).
+  vocab_size: int = 0
+  # Limits for quick runs; 0 means the whole split.
+  max_train_sentences: int = 0
+  max_eval_sentences: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """The LSTM decoder p(x | z) of SRI_SPEC §1."""
+  embed_dim: int = 256
+  hidden_dim: int = 256
+  latent_dim: int = 32
+  dropout: float = 0.5
+  init_scale: float = 0.1  # every parameter ~ U(-init_scale, init_scale)
+
+
+@dataclasses.dataclass
+class LangevinConfig:
+  """The short-run chain of SRI_SPEC §2."""
+  num_steps: int = 20
+  # One step size per step; when num_steps is longer, the last value is repeated.
+  step_sizes: tuple[float, ...] = PAPER_STEP_SIZES
+  # Training noise multiplier T as a function of the 1-based epoch: piecewise linear through
+  # (temperature_epochs[i], temperature_values[i]), constant outside. Paper: 0.05 up to epoch
+  # 15, +0.05 per epoch, 0.2 from epoch 18 on.
+  temperature_epochs: tuple[float, ...] = (15.0, 18.0)
+  temperature_values: tuple[float, ...] = (0.05, 0.2)
+  eval_temperature: float = 0.2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Optimisation, logging and checkpoints (SRI_SPEC §3)."""
+  num_epochs: int = 60
+  learning_rate: float = 1e-3
+  grad_clip_norm: float = 5.0
+  # "final": the method as written, gradient at z_K only. "accumulated": the authors' code,
+  # which also sums the batch-summed NLL gradient at every chain state z_0 .. z_{K-1}.
+  gradient: str = "final"
+  seed: int = 0
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 1000
+  max_checkpoints: int = 3
+  # Stop after this many optimiser steps in total (0: no limit); for smoke runs.
+  max_steps: int = 0
+
+
+@dataclasses.dataclass
+class Config:
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  langevin: LangevinConfig = dataclasses.field(default_factory=LangevinConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+CORPORA = ("ptb",)
+GRADIENTS = ("final", "accumulated")
+OVERLONG = ("drop", "truncate")
+
+
+def _check(ok: bool, flag: str, message: str):
+  if not ok:
+    raise ConfigError(f"--config.{flag}: {message}")
+
+
+def validate(config: Config) -> Config:
+  """Raises ConfigError naming the flag for a value out of range; returns the config."""
+  d, m, l, t = config.data, config.model, config.langevin, config.train
+  _check(d.corpus in CORPORA, "data.corpus", f"unknown corpus {d.corpus!r}; known: {CORPORA}")
+  _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
+  _check(len(d.buckets) >= 1 and all(b >= 3 for b in d.buckets), "data.buckets",
+         f"needs at least one length >= 3 (<s> word </s>), got {d.buckets}")
+  _check(list(d.buckets) == sorted(set(d.buckets)), "data.buckets",
+         f"must be strictly increasing, got {d.buckets}")
+  _check(d.overlong in OVERLONG, "data.overlong", f"must be one of {OVERLONG}, got {d.overlong!r}")
+  _check(d.vocab_size == 0 or d.vocab_size >= 5, "data.vocab_size",
+         f"must be 0 (all training words) or >= 5, got {d.vocab_size}")
+  for name in ("max_train_sentences", "max_eval_sentences"):
+    _check(getattr(d, name) >= 0, f"data.{name}", "must be >= 0 (0: whole split)")
+  for name in ("embed_dim", "hidden_dim"):
+    _check(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
+  _check(m.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {m.latent_dim}")
+  _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+  _check(m.init_scale > 0, "model.init_scale", f"must be > 0, got {m.init_scale}")
+  _check(l.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {l.num_steps}")
+  _check(len(l.step_sizes) >= 1 and all(s > 0 for s in l.step_sizes), "langevin.step_sizes",
+         f"needs at least one positive value, got {l.step_sizes}")
+  _check(len(l.temperature_epochs) == len(l.temperature_values) >= 1,
+         "langevin.temperature_epochs",
+         "and --config.langevin.temperature_values must have the same length (>= 1)")
+  _check(list(l.temperature_epochs) == sorted(l.temperature_epochs),
+         "langevin.temperature_epochs", f"must be increasing, got {l.temperature_epochs}")
+  _check(all(v >= 0 for v in l.temperature_values), "langevin.temperature_values",
+         "must be >= 0")
+  _check(l.eval_temperature >= 0, "langevin.eval_temperature", "must be >= 0")
+  _check(t.num_epochs >= 1, "train.num_epochs", f"must be >= 1, got {t.num_epochs}")
+  _check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+  _check(t.grad_clip_norm > 0, "train.grad_clip_norm", f"must be > 0, got {t.grad_clip_norm}")
+  _check(t.gradient in GRADIENTS, "train.gradient",
+         f"must be one of {GRADIENTS}, got {t.gradient!r}")
+  for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints"):
+    _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
+  _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: no limit)")
+  return config
+
+
+def step_sizes(config: LangevinConfig) -> tuple[float, ...]:
+  """The num_steps step sizes of the chain: the configured ones, the last repeated if short."""
+  sizes = tuple(config.step_sizes[:config.num_steps])
+  return sizes + (sizes[-1],) * (config.num_steps - len(sizes))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+  return dataclasses.asdict(config)
+
+
+def to_json(config: Config) -> str:
+  return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+  """Inverse of to_dict (lists become tuples); unknown keys raise ConfigError."""
+  sections = {}
+  for field in dataclasses.fields(Config):
+    section_type = field.type if isinstance(field.type, type) else field.default_factory
+    raw = dict(values.get(field.name, {}))
+    known = {f.name for f in dataclasses.fields(section_type)}
+    unknown = set(raw) - known
+    if unknown:
+      raise ConfigError(f"unknown config keys {sorted(unknown)} in section {field.name!r}")
+    sections[field.name] = section_type(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+  return Config(**sections)
+
+
+# Fields that fix the shapes of the parameters and the data: a checkpoint can only be restored
+# under a config that agrees on them.
+SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.vocab_size", "model.embed_dim",
+                "model.hidden_dim", "model.latent_dim")
+
+
+def shape_fields(config: Config) -> dict[str, Any]:
+  values = to_dict(config)
+  return {path: values[path.split(".")[0]][path.split(".")[1]] for path in SHAPE_FIELDS}
+
+
+def from_flags(argv: Sequence[str]) -> Config:
+  """A Config from command-line style flags, e.g. ["--flagfile=launch/ptb_tiny.flags",
+  "--config.train.max_steps=10"], parsed into a private FlagValues (never absl's global FLAGS),
+  so notebooks and tests build configs exactly as `srlm.main` does."""
+  flag_values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_dataclass("config", Config(), flag_values=flag_values)
+  try:
+    flag_values(["srlm", *argv])
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise ConfigError(f"bad --config flag: {e.args[0] if e.args else e}") from None
+  except OSError as e:
+    raise ConfigError(f"cannot read flagfile {e.filename}: {e.strerror}") from None
+  return holder.value
+
+
+def tiny() -> Config:
+  """A config small enough for unit tests: a 300-sentence PTB slice, a small decoder."""
+  return Config(
+      data=DataConfig(batch_size=8, buckets=(22, 84), max_train_sentences=300,
+                      max_eval_sentences=64),
+      model=ModelConfig(embed_dim=16, hidden_dim=16, latent_dim=4),
+      langevin=LangevinConfig(num_steps=4),
+      train=TrainConfig(num_epochs=1, log_every_steps=5, checkpoint_every_steps=20),
+  )

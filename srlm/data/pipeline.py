@@ -1,0 +1,156 @@
+"""From a prepared TFDS corpus to fixed-shape, length-bucketed batches.
+
+A sentence of n words becomes `<s> w_1 .. w_n </s>` (n + 2 ids) and goes to the smallest bucket
+length L that holds it; a batch of bucket L has `inputs` = ids[:-1] and `targets` = ids[1:],
+both (B, L - 1), and `mask` (B, L - 1), 1.0 on the n + 1 predicted tokens (w_1 .. </s>), 0.0
+on padding. Every batch has exactly `batch_size` rows: a bucket's last batch is filled with
+all-padding rows (mask 0), so jit compiles once per bucket and every sentence is seen.
+
+Training order is a pure function of (seed, epoch): sentences are shuffled within their
+bucket, cut into batches, and the batches of all buckets shuffled together. The position in
+an epoch is a batch index, which the checkpoint stores.
+"""
+
+import dataclasses
+from typing import Iterator, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from srlm.config import DataConfig
+from srlm.data import builders
+from srlm.data.vocab import PAD_ID, EOS_ID, Vocabulary, build_vocabulary
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split, encoded: `sentences[i]` are the ids of source line `lines[i]`."""
+  name: str
+  sentences: list[np.ndarray]
+  lines: np.ndarray
+  # empty_lines (skipped when preparing), dropped / truncated (longer than the last bucket),
+  # limited (beyond max_*_sentences).
+  counts: dict[str, int]
+
+  def __len__(self) -> int:
+    return len(self.sentences)
+
+  @property
+  def num_tokens(self) -> int:
+    """Predicted tokens: the words and </s> of every sentence (PPL's denominator)."""
+    return sum(len(s) - 1 for s in self.sentences)
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  vocab: Vocabulary
+  splits: dict[str, Split]
+
+
+def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str]]], dict]:
+  """Prepares the corpus as ArrayRecord if needed; returns {split: [(line, text)]}, metadata."""
+  builder_cls = builders.BUILDERS[config.corpus]
+  sources = tfds.data_source(
+      builder_cls.name, data_dir=config.dir or None,
+      builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir})
+  texts = {}
+  for split, source in sources.items():
+    examples = source.__getitems__(range(len(source)))
+    texts[split] = [(int(e["line"]), e["text"].decode("utf-8")) for e in examples]
+  return texts, dict(sources["train"].dataset_info.metadata)
+
+
+def encode_split(name: str, texts: Sequence[tuple[int, str]], vocab: Vocabulary,
+                 config: DataConfig, max_sentences: int, empty_lines: int = 0) -> Split:
+  """Encodes sentences, applying the over-long rule and the sentence limit, with counts."""
+  max_len = config.buckets[-1]
+  sentences, lines = [], []
+  counts = {"empty_lines": empty_lines, "dropped": 0, "truncated": 0, "limited": 0}
+  for line, text in texts:
+    if max_sentences and len(sentences) == max_sentences:
+      counts["limited"] += 1
+      continue
+    ids = vocab.encode(text.split())
+    if len(ids) > max_len:
+      if config.overlong == "drop":
+        counts["dropped"] += 1
+        continue
+      ids = np.concatenate([ids[:max_len - 1], [EOS_ID]]).astype(np.int32)
+      counts["truncated"] += 1
+    sentences.append(ids)
+    lines.append(line)
+  return Split(name, sentences, np.array(lines, np.int64), counts)
+
+
+def load_corpus(config: DataConfig) -> Corpus:
+  """Every split of the configured corpus, encoded with the training split's vocabulary."""
+  texts, metadata = load_texts(config)
+  vocab = build_vocabulary((text.split() for _, text in texts["train"]), config.vocab_size)
+  splits = {}
+  for name, split_texts in texts.items():
+    limit = config.max_train_sentences if name == "train" else config.max_eval_sentences
+    split = encode_split(name, split_texts, vocab, config, limit,
+                         metadata.get(f"{name}_empty_lines", 0))
+    splits[name] = split
+    logging.info("%s %s: %d sentences, %d tokens; skipped %s", config.corpus, name,
+                 len(split), split.num_tokens, split.counts)
+  return Corpus(vocab, splits)
+
+
+def bucket_index(num_ids: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket holding a sequence of num_ids ids (<s> and </s> included)."""
+  return int(np.searchsorted(np.asarray(buckets), num_ids, side="left"))
+
+
+def make_batch(sentences: Sequence[np.ndarray], length: int, batch_size: int) -> Batch:
+  """Pads up to `batch_size` rows of `length` ids; returns inputs, targets and mask."""
+  ids = np.full((batch_size, length), PAD_ID, np.int32)
+  for row, sentence in enumerate(sentences):
+    ids[row, :len(sentence)] = sentence
+  targets = ids[:, 1:]
+  return {"inputs": ids[:, :-1], "targets": targets,
+          "mask": (targets != PAD_ID).astype(np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+  """Which sentences form each batch of an epoch, and each batch's padded length."""
+  indices: list[np.ndarray]
+  lengths: list[int]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+
+def plan_batches(split: Split, buckets: Sequence[int], batch_size: int,
+                 rng: np.random.Generator | None = None) -> BatchPlan:
+  """Groups sentences by bucket into batches; shuffled with `rng`, else in corpus order."""
+  assignment = np.array([bucket_index(len(s), buckets) for s in split.sentences], np.int64)
+  indices, lengths = [], []
+  for b, length in enumerate(buckets):
+    members = np.flatnonzero(assignment == b)
+    if rng is not None:
+      members = rng.permutation(members)
+    for start in range(0, len(members), batch_size):
+      indices.append(members[start:start + batch_size])
+      lengths.append(length)
+  if rng is not None:
+    order = rng.permutation(len(indices))
+    indices, lengths = [indices[i] for i in order], [lengths[i] for i in order]
+  return BatchPlan(indices, lengths)
+
+
+def epoch_plan(split: Split, config: DataConfig, seed: int, epoch: int) -> BatchPlan:
+  """The training batches of `epoch` (0-based): a pure function of (seed, epoch)."""
+  return plan_batches(split, config.buckets, config.batch_size,
+                      np.random.default_rng([seed, epoch]))
+
+
+def iterate(split: Split, plan: BatchPlan, batch_size: int, start: int = 0) -> Iterator[Batch]:
+  """The batches of `plan` from position `start` on."""
+  for i in range(start, len(plan)):
+    yield make_batch([split.sentences[j] for j in plan.indices[i]], plan.lengths[i],
+                     batch_size)

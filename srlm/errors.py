@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix: `srlm.main` prints them as one paragraph, no traceback."""
+
+
+class UserError(Exception):
+  """Bad input (a file, a flag, a workdir): the message says what is wrong and what to do."""
+
+
+class CorpusError(UserError):
+  """A corpus file is missing, unreadable, not UTF-8, or empty."""
+
+
+class ConfigError(UserError):
+  """A config value is out of range or inconsistent; the message names the flag."""
+
+
+class CheckpointError(UserError):
+  """The workdir's checkpoint cannot be restored (corrupt, or from another config)."""

@@ -1,0 +1,90 @@
+"""log p(z), log p(x | z) and log p(x, z) of SRI_SPEC §1, per sentence.
+
+Sign convention: these are log densities (higher is better); losses negate them. Every function
+returns one value per sentence, shape (B,): summed over latent dimensions or tokens, never
+averaged. Padding (mask 0) contributes exactly 0, to the value and to every gradient.
+
+    log p(z)     = -1/2 |z|^2 - D/2 log(2 pi)
+    log p(x | z) = sum_t mask_t [ logits_t[x_t] - logsumexp_v logits_t[v] ],
+                   logits_t = out_w h_t + out_b
+    log p(x, z)  = log p(x | z) + log p(z)
+
+`log_likelihood` is the hot spot of training and inference (the short-run chain evaluates its
+gradient K times per batch), so it has a hand-written VJP with the same value and gradients as
+automatic differentiation, cheaper:
+  * the target logits come from gathered rows of out_w (never a (B, T, V) gather or one-hot
+    scatter);
+  * the forward pass keeps exp(logits - max) and its row sums; the backward pass multiplies by
+    them and rescales (B, T, H)-sized results, so the softmax is never a separate pass.
+"""
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Batch = dict[str, jax.Array]
+
+
+def log_prior(z_BxD: jax.Array) -> jax.Array:
+  """log N(z; 0, I), per sentence."""
+  return -0.5 * jnp.sum(z_BxD ** 2, axis=-1) - 0.5 * z_BxD.shape[-1] * math.log(2 * math.pi)
+
+
+@jax.custom_vjp
+def log_likelihood(hidden_TxBxH: jax.Array, out_w_VxH: jax.Array, out_b_V: jax.Array,
+                   targets_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """sum_t mask_t log softmax(out_w h_t + out_b)[target_t], per sentence (B,).
+
+  hidden is time-major (T, B, H), as `Decoder.hidden` returns it; targets and mask are (B, T).
+  """
+  return _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT)[0]
+
+
+def _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT):
+  T, B, H = hidden_TxBxH.shape
+  h_NxH = hidden_TxBxH.reshape(T * B, H)
+  targets_N = targets_BxT.T.reshape(T * B)
+  keep_N = mask_BxT.T.reshape(T * B) > 0
+  logits_NxV = h_NxH @ out_w_VxH.T + out_b_V[None, :]
+  max_N = jax.lax.stop_gradient(jnp.max(logits_NxV, axis=-1))
+  exp_NxV = jnp.exp(logits_NxV - max_N[:, None])
+  sum_N = jnp.sum(exp_NxV, axis=-1)
+  target_logits_N = jnp.sum(h_NxH * out_w_VxH[targets_N], axis=-1) + out_b_V[targets_N]
+  token_log_probs_N = jnp.where(keep_N, target_logits_N - max_N - jnp.log(sum_N), 0.0)
+  value_B = jnp.sum(token_log_probs_N.reshape(T, B), axis=0)
+  return value_B, (h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B))
+
+
+def _log_likelihood_bwd(residuals, g_B):
+  h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B) = residuals
+  # d value / d logits_n = g_n (onehot(target_n) - exp_n / sum_n) on kept tokens.
+  g_N = jnp.where(keep_N, jnp.broadcast_to(g_B, (T, B)).reshape(T * B), 0.0)
+  scale_N = g_N / sum_N
+  target_w_NxH = out_w_VxH[targets_N]
+  d_h_NxH = g_N[:, None] * target_w_NxH - scale_N[:, None] * (exp_NxV @ out_w_VxH)
+  d_w_VxH = (-(exp_NxV.T @ (scale_N[:, None] * h_NxH))).at[targets_N].add(g_N[:, None] * h_NxH)
+  d_b_V = (-(scale_N @ exp_NxV)).at[targets_N].add(g_N)
+  return d_h_NxH.reshape(T, B, -1), d_w_VxH, d_b_V, None, None
+
+
+log_likelihood.defvjp(_log_likelihood_fwd, _log_likelihood_bwd)
+
+
+def decoder_log_likelihood(model: nn.Module, params, z_BxD: jax.Array, batch: Batch,
+                           dropout_rng: jax.Array | None) -> jax.Array:
+  """log p(x | z) per sentence under a `models.Decoder`; dropout is on iff dropout_rng is set."""
+  deterministic = dropout_rng is None
+  hidden_TxBxH = model.apply({"params": params}, z_BxD, batch["inputs"],
+                             deterministic=deterministic, method="hidden",
+                             rngs=None if deterministic else {"dropout": dropout_rng})
+  return log_likelihood(hidden_TxBxH, params["out_w"], params["out_b"], batch["targets"],
+                        batch["mask"])
+
+
+def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],
+              z_BxD: jax.Array) -> jax.Array:
+  """log p(x | z) + log p(z) per sentence; log_likelihood_fn maps z (B, D) to (B,)."""
+  return log_likelihood_fn(z_BxD) + log_prior(z_BxD)
