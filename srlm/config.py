@@ -187,9 +187,12 @@ def from_flags(argv: Sequence[str]) -> Config:
   "--config.train.max_steps=10"], parsed into a private FlagValues (never absl's global FLAGS),
   so notebooks and tests build configs exactly as `srlm.main` does."""
   flag_values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_dataclass("config", Config(), flag_values=flag_values)
+  argv = ["srlm", *argv]
   try:
-    flag_values(["srlm", *argv])
+    # The override flags (--config.x.y) are registered from the arguments they will parse.
+    holder = config_flags.DEFINE_config_dataclass("config", Config(), flag_values=flag_values,
+                                                  sys_argv=argv)
+    flag_values(argv)
   except flags.Error as e:
     raise ConfigError(str(e)) from None
   except (KeyError, AttributeError, TypeError, ValueError) as e:

@@ -145,7 +145,7 @@ def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch
         "grad_norm_first_sum": jnp.sum(infos.grad_norm[0] * sentence_mask_B),
         "grad_norm_last_sum": jnp.sum(infos.grad_norm[-1] * sentence_mask_B),
         "z_distance_sum": jnp.sum(jnp.linalg.norm(zK - z0, axis=-1) * sentence_mask_B),
-        "param_grad_norm": optax.global_norm(grads),
+        "param_grad_norm": optax.tree.norm(grads),
         "temperature": temperature,
     }
     return state, metrics

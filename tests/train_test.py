@@ -1,0 +1,191 @@
+"""Training: learning happens, a golden step, exact resume, both gradient conventions,
+signals and kills during saves."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srlm import checkpointing
+from srlm import config as config_lib
+from srlm import objectives
+from srlm import train
+from srlm.data import pipeline
+from srlm.models import make_decoder
+
+from conftest import REPO, replace
+
+
+@pytest.fixture(scope="module")
+def corpus(tfds_dir):
+  return pipeline.load_corpus(config_lib.tiny().data.__class__(
+      dir=tfds_dir, max_train_sentences=300, max_eval_sentences=64, buckets=(22, 84)))
+
+
+def _first_batch(corpus, config):
+  split = corpus.splits["train"]
+  plan = pipeline.epoch_plan(split, config.data, config.train.seed, 0)
+  batch = next(pipeline.iterate(split, plan, config.data.batch_size))
+  batch["epoch"] = np.int32(0)
+  return batch
+
+
+def _setup(config, corpus):
+  model = make_decoder(config.model, len(corpus.vocab))
+  return model, train.create_train_state(config, model, jax.random.key(0))
+
+
+def test_golden_first_step(tiny_config, corpus):
+  """One step of the tiny config from seed 0. If this fails after an intended change to the
+  model, chain, data order or optimiser, re-run it, check the new numbers are sensible, and
+  update them here in the same commit, saying why."""
+  model, state = _setup(tiny_config, corpus)
+  step = train.make_train_step(tiny_config, model)
+  state, metrics = step(state, _first_batch(corpus, tiny_config), jax.random.key(1))
+  param_l1 = float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params)))
+  np.testing.assert_allclose(
+      [metrics["loss"], metrics["nll_sum"], metrics["grad_norm_first_sum"],
+       metrics["grad_norm_last_sum"], metrics["z_distance_sum"], param_l1],
+      [147.29541, 1178.3633, 11.786226, 5.041012, 7.355964, 16616.434], rtol=2e-4)
+  assert metrics["num_tokens"] == 128 and metrics["num_sentences"] == 8
+
+
+def test_loss_decreases_on_a_small_corpus(tiny_config, corpus):
+  config = replace(tiny_config, train={"learning_rate": 1e-2})
+  model, state = _setup(config, corpus)
+  step = train.make_train_step(config, model)
+  batch = _first_batch(corpus, config)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics["nll_sum"] / metrics["num_tokens"]))
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.5, losses
+
+
+def test_same_bucket_does_not_retrace(tiny_config, corpus):
+  model, state = _setup(tiny_config, corpus)
+  step = jax.jit(chex.assert_max_traces(train.train_step_fn(tiny_config, model), n=2))
+  batch = _first_batch(corpus, tiny_config)
+  state, _ = step(state, batch, jax.random.key(1))
+  batch2 = {**batch, "epoch": np.int32(5)}  # a later epoch changes T, not the shapes
+  state, _ = step(state, batch2, jax.random.key(1))
+  longer = pipeline.make_batch([np.arange(2, 40, dtype=np.int32)], 84, 8)
+  state, _ = step(state, {**longer, "epoch": np.int32(0)}, jax.random.key(1))  # 2nd trace
+  with pytest.raises(AssertionError):
+    step(state, {**pipeline.make_batch([], 50, 8), "epoch": np.int32(0)}, jax.random.key(1))
+
+
+def test_accumulated_gradient_is_the_authors_sum(tiny_config, corpus):
+  """With K = 1 and no dropout: grad = grad NLL_sum(x | z_0) + grad mean NLL(x | z_1)."""
+  config = replace(tiny_config, model={"dropout": 0.0}, langevin={"num_steps": 1},
+                   train={"gradient": "accumulated"})
+  model, state = _setup(config, corpus)
+  batch = _first_batch(corpus, config)
+  rng = jax.random.key(3)
+  new_state, _ = train.make_train_step(config, model)(state, batch, rng)
+
+  # Recompute z_0 and z_1 with the step's own key derivation, then the gradient by hand.
+  chain_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step))
+  z0, z1, _ = train.infer_z(model, state.params, batch, chain_rng,
+                            jnp.asarray(config_lib.step_sizes(config.langevin)),
+                            jnp.float32(0.05), dropout=False)
+  nll = lambda p, z: -objectives.decoder_log_likelihood(model, p, z, batch, None)
+  chain_grad = jax.grad(lambda p: nll(p, z0).sum())(state.params)
+  final_grad = jax.grad(lambda p: nll(p, z1).sum() / 8.0)(state.params)
+  expected = state.apply_gradients(grads=jax.tree.map(jnp.add, chain_grad, final_grad))
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # And it differs from the method as written.
+  final_only, _ = train.make_train_step(replace(config, train={"gradient": "final"}), model)(
+      state, batch, rng)
+  assert not np.allclose(final_only.params["out_w"], new_state.params["out_w"])
+
+
+def _train_records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == "train"]
+
+
+def _restore_params(workdir, config, corpus):
+  model, state = _setup(config, corpus)
+  restored, position = checkpointing.Checkpointer(workdir, config).restore(
+      checkpointing.abstract(state))
+  return restored, position
+
+
+def test_two_plus_two_steps_with_restart_equal_four(tiny_config, corpus, tmp_path):
+  # 32 sentences in 2 buckets: 4-5 batches per epoch, so 6 steps cross an epoch boundary.
+  config = replace(tiny_config, data={"max_train_sentences": 32, "max_eval_sentences": 8},
+                   train={"log_every_steps": 1, "num_epochs": 3})
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  assert train.train_and_evaluate(replace(config, train={"max_steps": 6}), straight)[
+      "status"] == "max_steps"
+  for stop in (3, 6):
+    train.train_and_evaluate(replace(config, train={"max_steps": stop}), resumed)
+  losses = lambda w: [(r["step"], r["nll_per_token"]) for r in _train_records(w)]
+  assert losses(straight) == losses(resumed)
+  a, pos_a = _restore_params(straight, config, corpus)
+  b, pos_b = _restore_params(resumed, config, corpus)
+  assert pos_a == pos_b and pos_a["epoch"] == 1
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _cli(workdir, tfds_dir, *flags):
+  return [sys.executable, "-m", "srlm.main", "--flagfile=launch/ptb_tiny.flags",
+          f"--workdir={workdir}", f"--config.data.dir={tfds_dir}", *flags]
+
+
+def _wait_for(predicate, process, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert process.poll() is None, process.communicate()
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.05)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = subprocess.Popen(_cli(workdir, tfds_dir, "--config.train.log_every_steps=1",
+                                  "--config.train.checkpoint_every_steps=1000"), cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  _wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, process)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  last_logged = _train_records(workdir)[-1]["step"]
+  assert steps == [last_logged]  # saved on the signal, not by the step interval
+  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}",
+                                  f"--config.train.max_steps={last_logged + 1}"])
+  result = train.train_and_evaluate(config, workdir)
+  assert result == {"status": "max_steps", "signal": None, "step": last_logged + 1}
+
+
+def test_kill_during_saves_leaves_a_resumable_workdir(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = subprocess.Popen(_cli(workdir, tfds_dir, "--config.train.checkpoint_every_steps=1"),
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  _wait_for(lambda: os.path.isdir(checkpoints) and
+            sum(d.isdigit() for d in os.listdir(checkpoints)) >= 2, process)
+  process.kill()  # SIGKILL: no handler runs, possibly mid-save
+  process.wait()
+  # A half-written checkpoint looks like this; it must be ignored.
+  os.makedirs(os.path.join(checkpoints, "999.orbax-checkpoint-tmp-1"))
+  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}"])
+  latest = checkpointing.Checkpointer(workdir, config).latest_step()
+  assert latest is not None and latest < 999
+  config.train.max_steps = latest + 2
+  assert train.train_and_evaluate(config, workdir)["step"] == latest + 2
