@@ -182,23 +182,37 @@ def shape_fields(config: Config) -> dict[str, Any]:
   return {path: values[path.split(".")[0]][path.split(".")[1]] for path in SHAPE_FIELDS}
 
 
+# What absl and ml_collections raise for a bad flag, flag value, --config field or flagfile.
+FLAG_ERRORS = (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError)
+
+
+def describe_flag_error(error: Exception) -> str:
+  """One line for a FLAG_ERRORS exception, naming the flag or file."""
+  if isinstance(error, OSError):
+    return f"cannot read flagfile {error.filename}: {error.strerror}"
+  if isinstance(error, flags.Error):
+    return str(error)
+  return f"bad --config flag: {error.args[0] if error.args else error}"
+
+
+def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str]):
+  """Defines --config (and its --config.x.y overrides, read off argv) on flag_values."""
+  return config_flags.DEFINE_config_dataclass(
+      "config", Config(), "The run's config; set fields as --config.train.seed=1.",
+      flag_values=flag_values, sys_argv=list(argv))
+
+
 def from_flags(argv: Sequence[str]) -> Config:
   """A Config from command-line style flags, e.g. ["--flagfile=launch/ptb_tiny.flags",
   "--config.train.max_steps=10"], parsed into a private FlagValues (never absl's global FLAGS),
-  so notebooks and tests build configs exactly as `srlm.main` does."""
+  so notebooks and tests build configs exactly as `srlm.main` does. Raises ConfigError."""
   flag_values = flags.FlagValues()
   argv = ["srlm", *argv]
   try:
-    # The override flags (--config.x.y) are registered from the arguments they will parse.
-    holder = config_flags.DEFINE_config_dataclass("config", Config(), flag_values=flag_values,
-                                                  sys_argv=argv)
+    holder = define_config_flag(flag_values, argv)
     flag_values(argv)
-  except flags.Error as e:
-    raise ConfigError(str(e)) from None
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    raise ConfigError(f"bad --config flag: {e.args[0] if e.args else e}") from None
-  except OSError as e:
-    raise ConfigError(f"cannot read flagfile {e.filename}: {e.strerror}") from None
+  except FLAG_ERRORS as e:
+    raise ConfigError(describe_flag_error(e)) from None
   return holder.value
 
 

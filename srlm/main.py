@@ -13,13 +13,10 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from srlm import config as config_lib
 from srlm.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_dataclass(
-    "config", config_lib.Config(), "The run's config; set fields as --config.train.seed=1.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints; an existing "
     "run there is resumed.")
@@ -33,19 +30,17 @@ def _fail(message: str) -> None:
   sys.exit(EXIT_USER_ERROR)
 
 
+def _fail_on_flag_error(error: Exception) -> None:
+  _fail(f"{config_lib.describe_flag_error(error)}. Run `python -m srlm.main --helpfull` to "
+        "list the flags and the config fields with their types.")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with flag and flagfile errors as one message instead of a traceback."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e}. Run `python -m srlm.main --helpfull` to list the flags.")
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    # ml_collections raises these for an unknown --config.<field> or a value of the wrong type.
-    text = e.args[0] if e.args else str(e)
-    _fail(f"bad --config flag: {text}. Run `python -m srlm.main --helpfull` to list the "
-          "config fields and their types.")
-  except OSError as e:  # a --flagfile that cannot be read
-    _fail(f"cannot read flagfile {e.filename}: {e.strerror}.")
+  except config_lib.FLAG_ERRORS as e:
+    _fail_on_flag_error(e)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -73,7 +68,17 @@ def main(argv: list[str]) -> None:
     sys.exit(128 + result["signal"])
 
 
+_CONFIG = None
+
+
 def run() -> None:
+  global _CONFIG
+  try:
+    # ml_collections registers the --config.x.y overrides it finds in argv (and flagfiles)
+    # when the flag is defined, and raises there for an unknown field.
+    _CONFIG = config_lib.define_config_flag(flags.FLAGS, sys.argv)
+  except config_lib.FLAG_ERRORS as e:
+    _fail_on_flag_error(e)
   app.run(main, flags_parser=parse_flags)
 
 

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from srlm.config import DataConfig
 from srlm.data import builders
+from srlm.errors import CorpusError
 from srlm.data.vocab import PAD_ID, EOS_ID, Vocabulary, build_vocabulary
 
 Batch = dict[str, np.ndarray]
@@ -53,9 +54,15 @@ class Corpus:
 def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str]]], dict]:
   """Prepares the corpus as ArrayRecord if needed; returns {split: [(line, text)]}, metadata."""
   builder_cls = builders.BUILDERS[config.corpus]
-  sources = tfds.data_source(
-      builder_cls.name, data_dir=config.dir or None,
-      builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir})
+  try:
+    sources = tfds.data_source(
+        builder_cls.name, data_dir=config.dir or None,
+        builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir})
+  except CorpusError as e:
+    # TFDS re-raises with its own prefix; the builder's message is the one that helps.
+    while isinstance(e.__cause__, CorpusError):
+      e = e.__cause__
+    raise CorpusError(str(e)) from None
   texts = {}
   for split, source in sources.items():
     examples = source.__getitems__(range(len(source)))
