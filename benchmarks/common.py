@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmark scripts: timing, memory, hardware, results files."""
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from typing import Any, Callable
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+  """Compile time (first call) and the median / min of `repeats` later calls, in seconds."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return {"compile_and_first_call_s": compile_s, "median_s": statistics.median(times),
+          "min_s": min(times), "repeats": repeats}
+
+
+def peak_memory_mb() -> dict[str, float]:
+  """Peak host RSS of this process; on GPU/TPU also the device's peak bytes in use."""
+  out = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+  return out
+
+
+def hardware() -> dict[str, Any]:
+  device = jax.devices()[0]
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "num_devices": jax.device_count(), "cpu": cpu, "cpu_count": os.cpu_count(),
+          "jax": jax.__version__}
+
+
+def write_result(name: str, result: dict[str, Any]) -> str:
+  """Writes benchmarks/results/<name>_<backend>.json and returns its path."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+  except OSError:
+    commit = ""
+  record = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "commit": commit, "hardware": hardware(), **result}
+  path = os.path.join(RESULTS_DIR, f"{name}_{jax.default_backend()}.json")
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  return path
