@@ -57,49 +57,37 @@ def create_train_state(config: Config, model: Decoder, rng: jax.Array) -> TrainS
 
 
 def infer_z(model: Decoder, params, batch: Batch, rng: jax.Array, step_sizes_K: jax.Array,
-            temperature: jax.Array, dropout: bool):
-  """The short-run chain from z_0 ~ N(0, I) for every sentence: (z_0, z_K, StepInfo).
+            temperature: jax.Array, dropout: bool, param_grads: bool = False):
+  """The short-run chain from z_0 ~ N(0, I) for every sentence: (z_0, z_K, StepInfo, aux).
 
-  With `dropout`, each step's log-density draws its own dropout mask (SRI_SPEC §2).
+  With `dropout`, each step's log density draws its own dropout mask (SRI_SPEC §2). With
+  `param_grads`, aux is sum_k grad_theta NLL_sum(x | z_k) over the K chain states, taken from
+  the same backward pass as each step's z gradient (the authors' accumulated gradient);
+  otherwise aux is ().
   """
   z0_rng, chain_rng = jax.random.split(rng)
   z0_BxD = jax.random.normal(z0_rng, (batch["targets"].shape[0], model.latent_dim))
 
-  def logdensity_fn(z_BxD, dropout_rng):
+  def logdensity_fn(params, z_BxD, dropout_rng):
     return objectives.log_joint(
         lambda z: objectives.decoder_log_likelihood(model, params, z, batch,
                                                     dropout_rng if dropout else None), z_BxD)
 
-  value_and_grad_fn = langevin.per_example_value_and_grad(logdensity_fn)
-  zK_BxD, infos, _ = langevin.short_run_chain(chain_rng, z0_BxD, value_and_grad_fn,
-                                              step_sizes_K, temperature)
-  return z0_BxD, zK_BxD, infos
-
-
-def _accumulated_chain(model: Decoder, params, batch: Batch, rng: jax.Array,
-                       step_sizes_K: jax.Array, temperature: jax.Array):
-  """The training chain that also sums grad_theta NLL_sum(x | z_k) over its K states.
-
-  Each step differentiates log p(x, z_k) with respect to z and the parameters in one backward
-  pass, with the step's dropout mask, as the authors' repeated `backward()` does.
-  """
-  z0_rng, chain_rng = jax.random.split(rng)
-  z0_BxD = jax.random.normal(z0_rng, (batch["targets"].shape[0], model.latent_dim))
-
-  def value_and_grad_fn(z_BxD, dropout_rng):
-    def total(params, z_BxD):
-      values = objectives.log_joint(
-          lambda z: objectives.decoder_log_likelihood(model, params, z, batch, dropout_rng),
-          z_BxD)
-      return jnp.sum(values), values
-    (_, values), (params_grad, z_grad) = jax.value_and_grad(
-        total, argnums=(0, 1), has_aux=True)(params, z_BxD)
-    # d/dtheta NLL_sum = -d/dtheta log p(x, z): the prior has no parameters.
-    return values, z_grad, jax.tree.map(jnp.negative, params_grad)
-
-  zK_BxD, infos, chain_grads = langevin.short_run_chain(
-      chain_rng, z0_BxD, value_and_grad_fn, step_sizes_K, temperature)
-  return z0_BxD, zK_BxD, infos, chain_grads
+  if param_grads:
+    def value_and_grad_fn(z_BxD, dropout_rng):
+      def total(params, z_BxD):
+        values = logdensity_fn(params, z_BxD, dropout_rng)
+        return jnp.sum(values), values
+      (_, values), (params_grad, z_grad) = jax.value_and_grad(
+          total, argnums=(0, 1), has_aux=True)(params, z_BxD)
+      # d/dtheta NLL_sum = -d/dtheta log p(x, z): the prior has no parameters.
+      return values, z_grad, jax.tree.map(jnp.negative, params_grad)
+  else:
+    value_and_grad_fn = langevin.per_example_value_and_grad(
+        lambda z_BxD, dropout_rng: logdensity_fn(params, z_BxD, dropout_rng))
+  zK_BxD, infos, aux = langevin.short_run_chain(chain_rng, z0_BxD, value_and_grad_fn,
+                                                step_sizes_K, temperature)
+  return z0_BxD, zK_BxD, infos, aux
 
 
 def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch, jax.Array],
@@ -118,13 +106,9 @@ def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch
     chain_rng, dropout_rng = jax.random.split(rng)
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
-    if config.train.gradient == "accumulated":
-      z0, zK, infos, chain_grads = _accumulated_chain(model, state.params, batch, chain_rng,
-                                                      step_sizes_K, temperature)
-    else:
-      z0, zK, infos = infer_z(model, state.params, batch, chain_rng, step_sizes_K,
-                              temperature, dropout=True)
-      chain_grads = None
+    accumulated = config.train.gradient == "accumulated"
+    z0, zK, infos, chain_grads = infer_z(model, state.params, batch, chain_rng, step_sizes_K,
+                                         temperature, dropout=True, param_grads=accumulated)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = (jnp.sum(batch["mask"], axis=-1) > 0).astype(jnp.float32)
     num_sentences = jnp.sum(sentence_mask_B)
@@ -134,7 +118,7 @@ def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch
       return jnp.sum(nll_B) / jnp.maximum(num_sentences, 1.0), nll_B
 
     (loss, nll_B), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if chain_grads is not None:
+    if accumulated:
       grads = jax.tree.map(jnp.add, grads, chain_grads)
     state = state.apply_gradients(grads=grads)
     metrics = {
@@ -164,8 +148,8 @@ def make_eval_step(config: Config, model: Decoder):
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
 
   def eval_step(state: TrainState, batch: Batch, rng: jax.Array):
-    _, zK, _ = infer_z(model, state.params, batch, rng, step_sizes_K,
-                       jnp.float32(config.langevin.eval_temperature), dropout=False)
+    _, zK, _, _ = infer_z(model, state.params, batch, rng, step_sizes_K,
+                          jnp.float32(config.langevin.eval_temperature), dropout=False)
     nll_B = -objectives.decoder_log_likelihood(model, state.params, zK, batch, None)
     return {"rec_sum": jnp.sum(nll_B), "num_tokens": jnp.sum(batch["mask"]),
             "num_sentences": jnp.sum(jnp.sum(batch["mask"], axis=-1) > 0)}

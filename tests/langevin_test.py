@@ -8,7 +8,6 @@ import pytest
 
 from srlm import langevin
 from srlm import objectives
-from srlm.models import Decoder
 
 
 def _gaussian_logdensity(mean, std):

@@ -94,7 +94,7 @@ def test_accumulated_gradient_is_the_authors_sum(tiny_config, corpus):
 
   # Recompute z_0 and z_1 with the step's own key derivation, then the gradient by hand.
   chain_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step))
-  z0, z1, _ = train.infer_z(model, state.params, batch, chain_rng,
+  z0, z1, _, _ = train.infer_z(model, state.params, batch, chain_rng,
                             jnp.asarray(config_lib.step_sizes(config.langevin)),
                             jnp.float32(0.05), dropout=False)
   nll = lambda p, z: -objectives.decoder_log_likelihood(model, p, z, batch, None)

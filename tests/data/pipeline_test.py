@@ -1,6 +1,5 @@
 """Vocabulary, encoding, buckets and fixed-shape batches, deterministic epochs."""
 
-import collections
 
 import numpy as np
 import pytest
