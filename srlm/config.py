@@ -7,6 +7,7 @@ and names the offending flag in its message.
 
 import dataclasses
 import json
+import os
 from typing import Any, Sequence
 
 from absl import flags
@@ -81,6 +82,24 @@ class TrainConfig:
   max_checkpoints: int = 3
   # Stop after this many optimiser steps in total (0: no limit); for smoke runs.
   max_steps: int = 0
+  # At every epoch end, also compute AU and MI on the validation split (S chains per
+  # sentence, see EvalConfig); the log-det NLL is left to --mode=eval.
+  epoch_latent_metrics: bool = False
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """`--mode=eval` (SRI_SPEC §4): importance-sampled NLL/PPL, KL, REC, AU, MI."""
+  split: str = "test"
+  # M: short-run chains per sentence for the importance-sampled NLL.
+  num_samples: int = 10
+  # Sentences per jitted call; memory grows with it (T * D * V floats per sentence).
+  batch_size: int = 8
+  # S: chains per sentence for the posterior mean and variance (AU, MI).
+  num_posterior_chains: int = 10
+  # 0: the whole split (the authors used 80 random batches); else its first N sentences.
+  max_sentences: int = 0
+  seed: int = 0
 
 
 @dataclasses.dataclass
@@ -89,6 +108,7 @@ class Config:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   langevin: LangevinConfig = dataclasses.field(default_factory=LangevinConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 CORPORA = ("ptb",)
@@ -103,7 +123,7 @@ def _check(ok: bool, flag: str, message: str):
 
 def validate(config: Config) -> Config:
   """Raises ConfigError naming the flag for a value out of range; returns the config."""
-  d, m, l, t = config.data, config.model, config.langevin, config.train
+  d, m, l, t, e = config.data, config.model, config.langevin, config.train, config.eval
   _check(d.corpus in CORPORA, "data.corpus", f"unknown corpus {d.corpus!r}; known: {CORPORA}")
   _check(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
   _check(len(d.buckets) >= 1 and all(b >= 3 for b in d.buckets), "data.buckets",
@@ -139,6 +159,11 @@ def validate(config: Config) -> Config:
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints"):
     _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
   _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: no limit)")
+  _check(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
+  _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
+  _check(e.num_posterior_chains >= 2, "eval.num_posterior_chains",
+         f"must be >= 2 (a variance needs two chains), got {e.num_posterior_chains}")
+  _check(e.max_sentences >= 0, "eval.max_sentences", "must be >= 0 (0: whole split)")
   return config
 
 
@@ -216,6 +241,24 @@ def from_flags(argv: Sequence[str]) -> Config:
   return holder.value
 
 
+def load_run_config(workdir: str, overrides: dict[str, Any] | None = None) -> Config:
+  """The config a run in `workdir` was trained with (its config.json), with `overrides`
+  ({"eval.split": "valid", ...}) applied on top. Raises UserError if there is no run."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"no training run in {workdir} ({path} is missing): train first with "
+                      f"python -m srlm.main --flagfile=... --workdir={workdir}") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path}: {e}") from None
+  for key, value in (overrides or {}).items():
+    section, _, field = key.partition(".")
+    values.setdefault(section, {})[field] = value
+  return from_dict(values)
+
+
 def tiny() -> Config:
   """A config small enough for unit tests: a 300-sentence PTB slice, a small decoder."""
   return Config(
@@ -224,4 +267,5 @@ def tiny() -> Config:
       model=ModelConfig(embed_dim=16, hidden_dim=16, latent_dim=4),
       langevin=LangevinConfig(num_steps=4),
       train=TrainConfig(num_epochs=1, log_every_steps=5, checkpoint_every_steps=20),
+      eval=EvalConfig(num_samples=3, batch_size=4, num_posterior_chains=3),
   )

@@ -42,16 +42,19 @@ def per_example_value_and_grad(
   return value_and_grad_fn
 
 
+def _update(rng, z, grad, step_size, temperature):
+  """z + s^2/2 grad + T s eps, with eps from rng's first half (the second feeds the density)."""
+  noise = jax.random.normal(jax.random.split(rng)[0], z.shape, z.dtype)
+  return z + 0.5 * step_size ** 2 * grad + temperature * step_size * noise
+
+
 def langevin_step(rng: jax.Array, z: jax.Array, value_and_grad_fn: ValueAndGradFn,
                   step_size: jax.Array, temperature: jax.Array
                   ) -> tuple[jax.Array, StepInfo, Any]:
   """One update of every chain; returns (z_next, info, aux)."""
-  noise_rng, density_rng = jax.random.split(rng)
-  log_density, grad, aux = value_and_grad_fn(z, density_rng)
-  noise = jax.random.normal(noise_rng, z.shape, z.dtype)
-  z_next = z + 0.5 * step_size ** 2 * grad + temperature * step_size * noise
+  log_density, grad, aux = value_and_grad_fn(z, jax.random.split(rng)[1])
   info = StepInfo(log_density, jnp.sqrt(jnp.sum(grad ** 2, axis=-1)))
-  return z_next, info, aux
+  return _update(rng, z, grad, step_size, temperature), info, aux
 
 
 def short_run_chain(rng: jax.Array, z0: jax.Array, value_and_grad_fn: ValueAndGradFn,
@@ -74,6 +77,62 @@ def short_run_chain(rng: jax.Array, z0: jax.Array, value_and_grad_fn: ValueAndGr
 
   (z, aux_sum), infos = jax.lax.scan(body, (z0, aux0), (keys, step_sizes))
   return z, infos, aux_sum
+
+
+# z -> (log densities (B,), gradients (B, D), Hessians (B, D, D)), each chain's own.
+ValueGradHessianFn = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def per_example_value_grad_hessian(
+    logdensity_fn: Callable[[jax.Array], jax.Array]) -> ValueGradHessianFn:
+  """Autodiff Hessians of independent per-example log densities (B, D) -> (B,).
+
+  Chain b's density depends on z_b only, so the Hessian of the batch sum is block diagonal and
+  D Hessian-vector products, each with the same unit direction for every chain, give every
+  block. Fine for small models and tests; `evaluate.decoder_value_grad_hessian` is the fast
+  exact version for the LSTM decoder.
+  """
+  def fn(z_BxD):
+    grad_fn = jax.grad(lambda z: jnp.sum(logdensity_fn(z)))
+
+    def hvp(direction_D):
+      return jax.jvp(grad_fn, (z_BxD,), (jnp.broadcast_to(direction_D[None], z_BxD.shape),))[1]
+
+    columns_DxBxD = jax.vmap(hvp)(jnp.eye(z_BxD.shape[-1], dtype=z_BxD.dtype))
+    return logdensity_fn(z_BxD), grad_fn(z_BxD), jnp.transpose(columns_DxBxD, (1, 2, 0))
+  return fn
+
+
+def short_run_chain_with_logdet(rng: jax.Array, z0: jax.Array,
+                                value_grad_hessian_fn: ValueGradHessianFn,
+                                step_sizes: jax.Array, temperature: jax.Array
+                                ) -> tuple[jax.Array, jax.Array, StepInfo]:
+  """The chain of `short_run_chain` (same keys, same noise, same z_K) and log|det dz_K/dz_0|.
+
+  For fixed noise the chain is a map z_0 -> z_K with
+      dz_{k+1}/dz_k = I + (s_k^2 / 2) H_k,   H_k = Hessian of log p(x, z) at z_k,
+  so log|det dz_K/dz_0| = sum_k log|det(I + (s_k^2 / 2) H_k)|: the Jacobian comes from the
+  Hessians at the states this very chain visits, in the same pass that moves it. Exact; the
+  D x D determinants are cheap next to the Hessians. The density takes no randomness here
+  (evaluation: no dropout).
+
+  Returns z_K, log|det| (B,), and the per-step StepInfo.
+  """
+  step_sizes = jnp.asarray(step_sizes, z0.dtype)
+  keys = jax.random.split(rng, step_sizes.shape[0])
+  eye = jnp.eye(z0.shape[-1], dtype=z0.dtype)
+
+  def body(carry, step):
+    z, logdet = carry
+    key, step_size = step
+    log_density, grad, hessian = value_grad_hessian_fn(z)
+    _, step_logdet = jnp.linalg.slogdet(eye[None] + 0.5 * step_size ** 2 * hessian)
+    info = StepInfo(log_density, jnp.sqrt(jnp.sum(grad ** 2, axis=-1)))
+    return (_update(key, z, grad, step_size, temperature), logdet + step_logdet), info
+
+  logdet0 = jnp.zeros(z0.shape[:-1], z0.dtype)
+  (z, logdet), infos = jax.lax.scan(body, (z0, logdet0), (keys, step_sizes))
+  return z, logdet, infos
 
 
 def temperature_at(epoch: jax.Array, epochs: tuple[float, ...],

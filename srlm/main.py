@@ -20,7 +20,11 @@ from srlm.errors import UserError
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints; an existing "
     "run there is resumed.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to do with the workdir.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"],
+    "train: train or resume the run in --workdir. eval: restore its latest checkpoint and write "
+    "eval_<split>.json (importance-sampled NLL/PPL, KL, MI, AU, REC); the run's config.json "
+    "is used, with any --config.* flags given on top (e.g. --config.eval.split=valid).")
 
 EXIT_USER_ERROR = 2
 
@@ -57,8 +61,14 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value.")
   if not _WORKDIR.value:
     _fail("--workdir is required: the directory where the run's checkpoints and metrics go.")
-  from srlm import train  # pylint: disable=import-outside-toplevel  (keeps --help fast)
+  # Imported here to keep `--help` fast.
+  from srlm import evaluate  # pylint: disable=import-outside-toplevel
+  from srlm import train  # pylint: disable=import-outside-toplevel
   try:
+    if _MODE.value == "eval":
+      config = config_lib.load_run_config(_WORKDIR.value, _given_config_overrides())
+      _print_eval(evaluate.evaluate_workdir(config, _WORKDIR.value))
+      return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
@@ -66,6 +76,22 @@ def main(argv: list[str]) -> None:
                _WORKDIR.value)
   if result["status"] == "preempted":
     sys.exit(128 + result["signal"])
+
+
+def _given_config_overrides() -> dict[str, object]:
+  """The --config.<section>.<field> flags given on the command line or in flagfiles."""
+  prefix = "config."
+  return {name[len(prefix):]: flags.FLAGS[name].value for name in flags.FLAGS
+          if name.startswith(prefix) and flags.FLAGS[name].present}
+
+
+def _print_eval(result: dict) -> None:
+  print(f"eval {result['split']}: checkpoint step {result['checkpoint_step']}, "
+        f"{result['num_sentences']} sentences, {result['num_tokens']} tokens, "
+        f"M={result['num_samples']} chains per sentence\n"
+        f"  NLL {result['nll']:.2f}  PPL {result['ppl']:.2f}  KL {result['kl']:.2f}  "
+        f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
+        f"  written to {result['path']}")
 
 
 _CONFIG = None

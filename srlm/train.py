@@ -29,6 +29,8 @@ from flax.training import train_state
 
 from srlm import checkpointing
 from srlm import config as config_lib
+from srlm import evaluate
+from srlm import inference
 from srlm import langevin
 from srlm import objectives
 from srlm.checkpointing import Checkpointer
@@ -56,40 +58,6 @@ def create_train_state(config: Config, model: Decoder, rng: jax.Array) -> TrainS
   return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 
-def infer_z(model: Decoder, params, batch: Batch, rng: jax.Array, step_sizes_K: jax.Array,
-            temperature: jax.Array, dropout: bool, param_grads: bool = False):
-  """The short-run chain from z_0 ~ N(0, I) for every sentence: (z_0, z_K, StepInfo, aux).
-
-  With `dropout`, each step's log density draws its own dropout mask (SRI_SPEC §2). With
-  `param_grads`, aux is sum_k grad_theta NLL_sum(x | z_k) over the K chain states, taken from
-  the same backward pass as each step's z gradient (the authors' accumulated gradient);
-  otherwise aux is ().
-  """
-  z0_rng, chain_rng = jax.random.split(rng)
-  z0_BxD = jax.random.normal(z0_rng, (batch["targets"].shape[0], model.latent_dim))
-
-  def logdensity_fn(params, z_BxD, dropout_rng):
-    return objectives.log_joint(
-        lambda z: objectives.decoder_log_likelihood(model, params, z, batch,
-                                                    dropout_rng if dropout else None), z_BxD)
-
-  if param_grads:
-    def value_and_grad_fn(z_BxD, dropout_rng):
-      def total(params, z_BxD):
-        values = logdensity_fn(params, z_BxD, dropout_rng)
-        return jnp.sum(values), values
-      (_, values), (params_grad, z_grad) = jax.value_and_grad(
-          total, argnums=(0, 1), has_aux=True)(params, z_BxD)
-      # d/dtheta NLL_sum = -d/dtheta log p(x, z): the prior has no parameters.
-      return values, z_grad, jax.tree.map(jnp.negative, params_grad)
-  else:
-    value_and_grad_fn = langevin.per_example_value_and_grad(
-        lambda z_BxD, dropout_rng: logdensity_fn(params, z_BxD, dropout_rng))
-  zK_BxD, infos, aux = langevin.short_run_chain(chain_rng, z0_BxD, value_and_grad_fn,
-                                                step_sizes_K, temperature)
-  return z0_BxD, zK_BxD, infos, aux
-
-
 def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch, jax.Array],
                                                               tuple[TrainState, Metrics]]:
   """`train_step(state, batch, rng) -> (state, metrics)`, pure and not yet jitted.
@@ -107,7 +75,7 @@ def train_step_fn(config: Config, model: Decoder) -> Callable[[TrainState, Batch
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
     accumulated = config.train.gradient == "accumulated"
-    z0, zK, infos, chain_grads = infer_z(model, state.params, batch, chain_rng, step_sizes_K,
+    z0, zK, infos, chain_grads = inference.infer_z(model, state.params, batch, chain_rng, step_sizes_K,
                                          temperature, dropout=True, param_grads=accumulated)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = (jnp.sum(batch["mask"], axis=-1) > 0).astype(jnp.float32)
@@ -148,7 +116,7 @@ def make_eval_step(config: Config, model: Decoder):
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
 
   def eval_step(state: TrainState, batch: Batch, rng: jax.Array):
-    _, zK, _, _ = infer_z(model, state.params, batch, rng, step_sizes_K,
+    _, zK, _, _ = inference.infer_z(model, state.params, batch, rng, step_sizes_K,
                           jnp.float32(config.langevin.eval_temperature), dropout=False)
     nll_B = -objectives.decoder_log_likelihood(model, state.params, zK, batch, None)
     return {"rec_sum": jnp.sum(nll_B), "num_tokens": jnp.sum(batch["mask"]),
@@ -319,10 +287,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
           status = "preempted" if stop.signum is not None else "max_steps"
           return {"status": status, "signal": stop.signum, "step": step}
       valid = evaluate_reconstruction(eval_step, state, valid_split, config, eval_rng)
+      if tcfg.epoch_latent_metrics:
+        latent = evaluate.latent_statistics(config, model, state.params, valid_split,
+                                            eval_rng, config.eval.batch_size)
+        valid.update(au=latent["au"], mi=latent["mi"])
       writer.write({"step": step, "epoch": epoch + 1, "split": "valid", **valid})
-      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.1f) | REC/sentence %.2f",
+      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.1f) | REC/sentence %.2f%s",
                    epoch + 1, tcfg.num_epochs, valid["rec_per_token"], valid["rec_ppl"],
-                   valid["rec_per_sentence"])
+                   valid["rec_per_sentence"],
+                   f" | AU {valid['au']} MI {valid['mi']:.3f}" if "au" in valid else "")
       result["valid"] = valid
       checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
   checkpointer.wait()

@@ -91,3 +91,28 @@ def test_incompatible_and_corrupt_checkpoints_are_explained(tfds_dir, tmp_path):
   for path in state_dir.rglob("_METADATA"):
     path.write_bytes(b"{not json")
   _assert_user_error(_run(*common), "cannot be read", "checkpoints/2")
+
+
+def test_eval_mode_writes_results_and_explains_bad_input(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}", "--config.train.max_steps=2"])
+  train.train_and_evaluate(config, str(workdir))
+  ok = _run("--mode=eval", f"--workdir={workdir}", "--config.eval.max_sentences=4",
+            "--config.eval.num_samples=2", "--config.eval.split=valid")
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert "NLL" in ok.stdout and "eval_valid.json" in ok.stdout
+  with open(workdir / "eval_valid.json") as f:
+    assert json.load(f)["num_sentences"] == 4
+  _assert_user_error(_run("--mode=eval", f"--workdir={workdir}", "--config.eval.split=dev"),
+                     "--config.eval.split: unknown split 'dev'", "'test'")
+  _assert_user_error(_run("--mode=eval", f"--workdir={workdir}", "--config.eval.num_samples=0"),
+                     "--config.eval.num_samples: must be >= 1")
+  _assert_user_error(_run("--mode=eval", f"--workdir={workdir}", "--config.model.latent_dim=16"),
+                     "--config.model.latent_dim: checkpoint 8, now 16")
+  _assert_user_error(_run("--mode=eval", f"--workdir={tmp_path / 'nothing'}"),
+                     "no training run in")
+  empty = tmp_path / "no_checkpoint"
+  empty.mkdir()
+  (empty / "config.json").write_text((workdir / "config.json").read_text())
+  _assert_user_error(_run("--mode=eval", f"--workdir={empty}"), "no checkpoint in")

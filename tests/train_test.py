@@ -16,6 +16,7 @@ import pytest
 
 from srlm import checkpointing
 from srlm import config as config_lib
+from srlm import inference
 from srlm import objectives
 from srlm import train
 from srlm.data import pipeline
@@ -94,7 +95,7 @@ def test_accumulated_gradient_is_the_authors_sum(tiny_config, corpus):
 
   # Recompute z_0 and z_1 with the step's own key derivation, then the gradient by hand.
   chain_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step))
-  z0, z1, _, _ = train.infer_z(model, state.params, batch, chain_rng,
+  z0, z1, _, _ = inference.infer_z(model, state.params, batch, chain_rng,
                             jnp.asarray(config_lib.step_sizes(config.langevin)),
                             jnp.float32(0.05), dropout=False)
   nll = lambda p, z: -objectives.decoder_log_likelihood(model, p, z, batch, None)
@@ -189,3 +190,13 @@ def test_kill_during_saves_leaves_a_resumable_workdir(tfds_dir, tmp_path):
   assert latest is not None and latest < 999
   config.train.max_steps = latest + 2
   assert train.train_and_evaluate(config, workdir)["step"] == latest + 2
+
+
+def test_epoch_end_can_log_active_units_and_mutual_information(tiny_config, tmp_path):
+  config = replace(tiny_config, data={"max_train_sentences": 16, "max_eval_sentences": 8},
+                   train={"epoch_latent_metrics": True})
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    valid = [r for r in map(json.loads, f) if r["split"] == "valid"]
+  assert len(valid) == 1
+  assert 0 <= valid[0]["au"] <= config.model.latent_dim and np.isfinite(valid[0]["mi"])
