@@ -22,11 +22,14 @@ from srlm.errors import CheckpointError
 class Checkpointer:
   """Saves and restores (state, position) for one workdir."""
 
-  def __init__(self, workdir: str, config: config_lib.Config):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir: str, config: config_lib.Config, read_only: bool = False):
+    """read_only (evaluation, analyses): never writes, not even Orbax's metadata; the
+    checkpoint directory must exist."""
+    self.directory = checkpoint_dir(workdir)
     self._config = config
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.train.max_checkpoints, create=True, cleanup_tmp_directories=True)
+        max_to_keep=config.train.max_checkpoints, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "position", "config"))
 
@@ -92,6 +95,10 @@ def _corrupt(path: str, step: int, steps, error: Exception) -> CheckpointError:
   return CheckpointError(
       f"the checkpoint in {path} (step {step}) cannot be read: {first_line[:300]}. {hint}, "
       "or use a new --workdir.")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
 def abstract(tree: Any) -> Any:

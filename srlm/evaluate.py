@@ -292,12 +292,18 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
   # train imports this module (for per-epoch latent metrics); import it here to avoid a cycle.
   from srlm.train import create_train_state  # pylint: disable=import-outside-toplevel
   state = create_train_state(config, model, jax.random.key(0))
-  checkpointer = checkpointing.Checkpointer(workdir, config)
-  restored = checkpointer.restore(checkpointing.abstract(state))
-  checkpointer.close()
+  directory = checkpointing.checkpoint_dir(workdir)
+  no_checkpoint = UserError(f"no checkpoint in {directory}: train first "
+                            f"(python -m srlm.main --workdir={workdir} ...).")
+  if not os.path.isdir(directory):
+    raise no_checkpoint
+  checkpointer = checkpointing.Checkpointer(workdir, config, read_only=True)
+  try:
+    restored = checkpointer.restore(checkpointing.abstract(state))
+  finally:
+    checkpointer.close()
   if restored is None:
-    raise UserError(f"no checkpoint in {checkpointer.directory}: train first "
-                    f"(python -m srlm.main --workdir={workdir} ...).")
+    raise no_checkpoint
   state, _ = restored
   split = corpus.splits[config.eval.split]
   result = evaluate_split(config, model, state.params, split,

@@ -219,7 +219,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
   corpus = pipeline.load_corpus(config.data)
-  train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
+  train_split = corpus.splits["train"]
   if not len(train_split):
     raise config_lib.ConfigError(
         f"--config.data: no training sentence is left after the length limit "
@@ -229,6 +229,17 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.train.seed), 3)
   state = create_train_state(config, model, init_rng)
   checkpointer = Checkpointer(workdir, config)
+  try:
+    return _train_loop(config, workdir, corpus, model, state, eval_rng, train_rng, checkpointer)
+  finally:
+    # Also on errors: Orbax's background threads must not outlive the interpreter's exit.
+    checkpointer.close()
+
+
+def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: Decoder,
+                state: TrainState, eval_rng: jax.Array, train_rng: jax.Array,
+                checkpointer: Checkpointer) -> dict[str, Any]:
+  train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
   restored = checkpointer.restore(checkpointing.abstract(state))
   position = {"epoch": 0, "batch": 0}
   if restored is not None:
@@ -283,7 +294,6 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
         if done_with_run or stop.signum is not None:
           checkpointer.save(step, state, next_position)
           checkpointer.wait()
-          checkpointer.close()
           status = "preempted" if stop.signum is not None else "max_steps"
           return {"status": status, "signal": stop.signum, "step": step}
       valid = evaluate_reconstruction(eval_step, state, valid_split, config, eval_rng)
@@ -299,6 +309,5 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       result["valid"] = valid
       checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
   checkpointer.wait()
-  checkpointer.close()
   logging.info("Finished %d steps in %s.", step, _format_seconds(time.time() - run_start))
   return {**result, "step": step}
