@@ -45,7 +45,10 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-  """The LSTM decoder p(x | z) of SRI_SPEC §1."""
+  """The LSTM decoder p(x | z) of SRI_SPEC §1, and which model is trained with it."""
+  # "sri": z inferred by the short-run chain (the paper). "lm": the same decoder without z
+  # (LSTM language model). "vae": a Gaussian VAE with an LSTM encoder (see VaeConfig).
+  kind: str = "sri"
   embed_dim: int = 256
   hidden_dim: int = 256
   latent_dim: int = 32
@@ -88,6 +91,23 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class VaeConfig:
+  """The Gaussian VAE baseline (SRI_SPEC §5): ELBO with KL annealing, free bits, and the
+  aggressive inference-network schedule of He et al. 2019."""
+  # KL weight beta rises linearly from kl_start to 1 over kl_warmup_epochs (0: always 1).
+  kl_start: float = 1.0
+  kl_warmup_epochs: float = 0.0
+  # Free bits: each latent dimension's batch-mean KL is floored at this many nats (0: off).
+  free_bits: float = 0.0
+  # Aggressive schedule for the first aggressive_epochs epochs (0: off): before each decoder
+  # step, update the encoder alone on fresh batches until its summed loss over a window of
+  # aggressive_window steps stops decreasing, or aggressive_max_steps steps.
+  aggressive_epochs: int = 0
+  aggressive_window: int = 15
+  aggressive_max_steps: int = 100
+
+
+@dataclasses.dataclass
 class EvalConfig:
   """`--mode=eval` (SRI_SPEC §4): importance-sampled NLL/PPL, KL, REC, AU, MI."""
   split: str = "test"
@@ -108,10 +128,12 @@ class Config:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   langevin: LangevinConfig = dataclasses.field(default_factory=LangevinConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 CORPORA = ("ptb",)
+KINDS = ("sri", "lm", "vae")
 GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
 
@@ -137,6 +159,7 @@ def validate(config: Config) -> Config:
     _check(getattr(d, name) >= 0, f"data.{name}", "must be >= 0 (0: whole split)")
   for name in ("embed_dim", "hidden_dim"):
     _check(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
+  _check(m.kind in KINDS, "model.kind", f"must be one of {KINDS}, got {m.kind!r}")
   _check(m.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {m.latent_dim}")
   _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   _check(m.init_scale > 0, "model.init_scale", f"must be > 0, got {m.init_scale}")
@@ -159,6 +182,13 @@ def validate(config: Config) -> Config:
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints"):
     _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
   _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: no limit)")
+  v = config.vae
+  _check(0.0 <= v.kl_start <= 1.0, "vae.kl_start", f"must be in [0, 1], got {v.kl_start}")
+  _check(v.kl_warmup_epochs >= 0, "vae.kl_warmup_epochs", "must be >= 0")
+  _check(v.free_bits >= 0, "vae.free_bits", "must be >= 0")
+  _check(v.aggressive_epochs >= 0, "vae.aggressive_epochs", "must be >= 0")
+  _check(v.aggressive_window >= 1, "vae.aggressive_window", "must be >= 1")
+  _check(v.aggressive_max_steps >= 1, "vae.aggressive_max_steps", "must be >= 1")
   _check(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
   _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
   _check(e.num_posterior_chains >= 2, "eval.num_posterior_chains",
@@ -198,7 +228,8 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 # Fields that fix the shapes of the parameters and the data: a checkpoint can only be restored
 # under a config that agrees on them.
-SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.vocab_size", "model.embed_dim",
+SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.vocab_size", "model.kind",
+                "model.embed_dim",
                 "model.hidden_dim", "model.latent_dim")
 
 

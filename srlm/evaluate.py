@@ -48,7 +48,7 @@ from srlm import objectives
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.errors import UserError
-from srlm.models import Decoder, make_decoder
+from srlm.models import Decoder, Encoder, make_decoder, make_encoder
 
 Batch = dict[str, jax.Array]
 AU_THRESHOLD = 0.01
@@ -133,16 +133,50 @@ def nll_from_log_weights(log_w_MxB: jax.Array) -> jax.Array:
   return -(jax.nn.logsumexp(log_w_MxB, axis=0) - math.log(log_w_MxB.shape[0]))
 
 
-def make_nll_step(config: Config, model: Decoder):
-  """Jitted (params, batch, rng) -> per-sentence nll, kl, rec (B,), over M chains each."""
+def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None):
+  """Jitted (params, batch, rng) -> per-sentence nll, kl, rec (B,) for config.model.kind.
+
+  sri: M short-run chains with the exact log-det. vae: M samples of q(z | x) (importance-
+  weighted bound), closed-form KL. lm: the exact NLL (kl 0, rec = nll).
+  """
+  kind, num_samples = config.model.kind, config.eval.num_samples
+
+  if kind == "lm":
+    def lm_step(params, batch, rng):
+      del rng
+      z_Bx0 = jnp.zeros((batch["targets"].shape[0], 0), jnp.float32)
+      nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_Bx0, batch, None)
+      return {"nll": nll_B, "kl": jnp.zeros_like(nll_B), "rec": nll_B}
+    return jax.jit(lm_step)
+
+  if kind == "vae":
+    def vae_step(params, batch, rng):
+      mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                           batch["mask"])
+
+      def one_sample(key):
+        z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(key, mean_BxD.shape)
+        log_lik_B = objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
+                                                      None)
+        log_w_B = (log_lik_B + objectives.log_prior(z_BxD)
+                   - objectives.log_normal_diag(z_BxD, mean_BxD, logvar_BxD))
+        return log_w_B, log_lik_B
+
+      log_w_MxB, log_lik_MxB = jax.lax.map(one_sample, jax.random.split(rng, num_samples))
+      return {"nll": nll_from_log_weights(log_w_MxB),
+              "kl": jnp.sum(objectives.gaussian_kl(mean_BxD, logvar_BxD), axis=-1),
+              "rec": -jnp.mean(log_lik_MxB, axis=0)}
+    return jax.jit(vae_step)
+
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   temperature = jnp.float32(config.langevin.eval_temperature)
-  num_samples = config.eval.num_samples
 
-  def nll_step(params, batch, rng):
+  def sri_step(params, batch, rng):
     batch_size = batch["targets"].shape[0]
-    vgh_fn = decoder_value_grad_hessian(model, params, batch)
-    log_lik_fn = lambda z: objectives.decoder_log_likelihood(model, params, z, batch, None)
+    decoder_params = params["decoder"]
+    vgh_fn = decoder_value_grad_hessian(model, decoder_params, batch)
+    log_lik_fn = lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch,
+                                                             None)
     # Samples one after another (lax.map) keeps memory at one chain's worth per sentence.
     parts = jax.lax.map(
         lambda key: importance_weights(key, batch_size, model.latent_dim, vgh_fn, log_lik_fn,
@@ -152,21 +186,32 @@ def make_nll_step(config: Config, model: Decoder):
             "kl": jnp.mean(parts["log_q"] - parts["log_prior"], axis=0),
             "rec": -jnp.mean(parts["log_likelihood"], axis=0)}
 
-  return jax.jit(nll_step)
+  return jax.jit(sri_step)
 
 
-def make_posterior_step(config: Config, model: Decoder, num_chains: int):
-  """Jitted (params, batch, rng) -> mean and variance (B, D) of z_K over `num_chains` chains."""
+def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None = None):
+  """Jitted (params, batch, rng) -> the posterior's mean and variance (B, D): the moments of
+  S = config.eval.num_posterior_chains short-run chains (sri), or q(z | x) itself (vae)."""
+  if config.model.kind == "vae":
+    def vae_posterior(params, batch, rng):
+      del rng
+      mean, logvar = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                   batch["mask"])
+      return mean, jnp.exp(logvar)
+    return jax.jit(vae_posterior)
+
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   temperature = jnp.float32(config.langevin.eval_temperature)
+  num_chains = config.eval.num_posterior_chains
 
-  def posterior_step(params, batch, rng):
+  def sri_posterior(params, batch, rng):
     z_SxBxD = jax.lax.map(
-        lambda key: inference.infer_z(model, params, batch, key, step_sizes_K, temperature,
-                            dropout=False)[1], jax.random.split(rng, num_chains))
+        lambda key: inference.infer_z(model, params["decoder"], batch, key, step_sizes_K,
+                                      temperature, dropout=False)[1],
+        jax.random.split(rng, num_chains))
     return jnp.mean(z_SxBxD, axis=0), jnp.var(z_SxBxD, axis=0)
 
-  return jax.jit(posterior_step)
+  return jax.jit(sri_posterior)
 
 
 def active_units(posterior_means_NxD: np.ndarray, threshold: float = AU_THRESHOLD) -> int:
@@ -204,10 +249,13 @@ def _real_rows(batch) -> np.ndarray:
 
 
 def latent_statistics(config: Config, model: Decoder, params, split: pipeline.Split,
-                      rng: jax.Array, batch_size: int) -> dict[str, Any]:
-  """AU and MI of a split from S = config.eval.num_posterior_chains chains per sentence."""
+                      rng: jax.Array, batch_size: int,
+                      encoder: Encoder | None = None) -> dict[str, Any]:
+  """AU and MI of a split from each sentence's posterior mean and variance (0 for the LM)."""
+  if config.model.kind == "lm":
+    return {"au": 0, "mi": 0.0, "posterior_mean_variance": []}
   chains_rng, mi_rng = jax.random.split(rng)
-  step = make_posterior_step(config, model, config.eval.num_posterior_chains)
+  step = make_posterior_step(config, model, encoder)
   plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
   means, variances = [], []
   for i, batch in enumerate(pipeline.iterate(split, plan, batch_size)):
@@ -226,15 +274,27 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+_ESTIMATORS = {
+    "sri": ("importance sampling with M={M} short-run chains per sentence (K={K}, T={T}); "
+            "log q(z_K|x) = log N(z_0) - log|det dz_K/dz_0| (exact Jacobian of the chain). "
+            "REC: mean over the same chains. AU/MI: diagonal Gaussian moment-matched to {S} "
+            "chains per sentence; MI's q(z) over the whole split."),
+    "vae": ("importance-weighted bound with M={M} samples of q(z|x) as proposal; KL in closed "
+            "form; REC: mean over the same samples; AU from the encoder means; MI closed-form "
+            "for the Gaussian q(z|x), q(z) over the whole split."),
+    "lm": "exact NLL (no latent): KL, MI and AU are 0 and REC equals the NLL.",
+}
+
+
 def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split,
-                   rng: jax.Array) -> dict[str, Any]:
+                   rng: jax.Array, encoder: Encoder | None = None) -> dict[str, Any]:
   """Every metric of SRI_SPEC §4 on a split (the first max_sentences sentences if set)."""
   ecfg = config.eval
   if ecfg.max_sentences and ecfg.max_sentences < len(split):
     split = pipeline.Split(split.name, split.sentences[:ecfg.max_sentences],
                            split.lines[:ecfg.max_sentences], split.counts)
   nll_rng, latent_rng = jax.random.split(rng)
-  nll_step = make_nll_step(config, model)
+  nll_step = make_nll_step(config, model, encoder)
   plan = pipeline.plan_batches(split, config.data.buckets, ecfg.batch_size)
   totals = {"nll": 0.0, "kl": 0.0, "rec": 0.0}
   done, start = 0, time.time()
@@ -250,7 +310,8 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
                    split.name, done, len(split), totals["nll"] / done,
                    _format_seconds(elapsed / done * (len(split) - done)))
   nll_seconds = time.time() - start
-  latent = latent_statistics(config, model, params, split, latent_rng, ecfg.batch_size)
+  latent = latent_statistics(config, model, params, split, latent_rng, ecfg.batch_size,
+                             encoder)
   num_sentences, num_tokens = len(split), split.num_tokens
   return {
       "split": split.name,
@@ -267,12 +328,10 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
       "num_posterior_chains": ecfg.num_posterior_chains,
       "eval_temperature": config.langevin.eval_temperature,
       "num_steps": config.langevin.num_steps,
-      "estimator": (
-          f"importance sampling with M={ecfg.num_samples} short-run chains per sentence "
-          f"(K={config.langevin.num_steps}, T={config.langevin.eval_temperature}); "
-          "log q(z_K|x) = log N(z_0) - log|det dz_K/dz_0| (exact Jacobian of the chain). "
-          "REC: mean over the same chains. AU/MI: diagonal Gaussian moment-matched to "
-          f"{ecfg.num_posterior_chains} chains per sentence; MI's q(z) over the whole split."),
+      "model_kind": config.model.kind,
+      "estimator": _ESTIMATORS[config.model.kind].format(
+          M=ecfg.num_samples, K=config.langevin.num_steps, T=config.langevin.eval_temperature,
+          S=ecfg.num_posterior_chains),
       "au_threshold": AU_THRESHOLD,
       "posterior_mean_variance": latent["posterior_mean_variance"],
       "nll_seconds": nll_seconds,
@@ -289,9 +348,10 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
         f"--config.eval.split: unknown split {config.eval.split!r}; "
         f"{config.data.corpus} has {sorted(corpus.splits)}.")
   model = make_decoder(config.model, len(corpus.vocab))
+  encoder = make_encoder(config.model, len(corpus.vocab))
   # train imports this module (for per-epoch latent metrics); import it here to avoid a cycle.
   from srlm.train import create_train_state  # pylint: disable=import-outside-toplevel
-  state = create_train_state(config, model, jax.random.key(0))
+  state = create_train_state(config, model, jax.random.key(0), encoder)
   directory = checkpointing.checkpoint_dir(workdir)
   no_checkpoint = UserError(f"no checkpoint in {directory}: train first "
                             f"(python -m srlm.main --workdir={workdir} ...).")
@@ -307,7 +367,7 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
   state, _ = restored
   split = corpus.splits[config.eval.split]
   result = evaluate_split(config, model, state.params, split,
-                          jax.random.key(config.eval.seed))
+                          jax.random.key(config.eval.seed), encoder)
   result["checkpoint_step"] = int(state.step)
   path = os.path.join(workdir, f"eval_{config.eval.split}.json")
   tmp = f"{path}.tmp"

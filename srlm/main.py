@@ -85,10 +85,14 @@ def _given_config_overrides() -> dict[str, object]:
           if name.startswith(prefix) and flags.FLAGS[name].present}
 
 
+_SAMPLES = {"sri": "M={M} short-run chains per sentence",
+            "vae": "M={M} samples of q(z|x) per sentence", "lm": "exact NLL"}
+
+
 def _print_eval(result: dict) -> None:
   print(f"eval {result['split']}: checkpoint step {result['checkpoint_step']}, "
         f"{result['num_sentences']} sentences, {result['num_tokens']} tokens, "
-        f"M={result['num_samples']} chains per sentence\n"
+        f"{_SAMPLES[result['model_kind']].format(M=result['num_samples'])}\n"
         f"  NLL {result['nll']:.2f}  PPL {result['ppl']:.2f}  KL {result['kl']:.2f}  "
         f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
         f"  written to {result['path']}")

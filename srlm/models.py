@@ -24,6 +24,29 @@ def uniform_init(scale: float):
   return init
 
 
+def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
+                    keep_TxB: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """LSTM steps (gate order i, f, g, o) over precomputed input gates, time-major.
+
+  Returns (all h_t (T, B, H), the final h). Where keep_TxB is 0 the state is carried over
+  unchanged, so the final h is the one at each sentence's last real token.
+  """
+  def cell(carry, step):
+    h_BxH, c_BxH = carry
+    gates_in_Bx4H, keep_B = step
+    i, f, g, o = jnp.split(gates_in_Bx4H + h_BxH @ w_h_Hx4H, 4, axis=-1)
+    new_c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
+    if keep_B is not None:
+      new_h = jnp.where(keep_B[:, None], new_h, h_BxH)
+      new_c = jnp.where(keep_B[:, None], new_c, c_BxH)
+    return (new_h, new_c), new_h
+
+  (h_last, _), h_TxBxH = jax.lax.scan(cell, (h0_BxH, jnp.zeros_like(h0_BxH)),
+                                      (gates_in_TxBx4H, keep_TxB))
+  return h_TxBxH, h_last
+
+
 class Decoder(nn.Module):
   vocab_size: int
   embed_dim: int
@@ -38,10 +61,14 @@ class Decoder(nn.Module):
     self.embedding = self.param("embedding", init, (V, E))
     # Gate weights (order i, f, g, o) for the input [x_t; z], split into word and latent blocks.
     self.lstm_w_x = self.param("lstm_w_x", init, (E, 4 * H))
-    self.lstm_w_z = self.param("lstm_w_z", init, (D, 4 * H))
+    # The LSTM-LM (D = 0) has no z weights (and Orbax saves no empty arrays). Creation order
+    # fixes each parameter's initial values: keep it.
+    if D:
+      self.lstm_w_z = self.param("lstm_w_z", init, (D, 4 * H))
     self.lstm_w_h = self.param("lstm_w_h", init, (H, 4 * H))
     self.lstm_b = self.param("lstm_b", init, (4 * H,))
-    self.init_w = self.param("init_w", init, (D, H))
+    if D:
+      self.init_w = self.param("init_w", init, (D, H))
     self.init_b = self.param("init_b", init, (H,))
     self.out_w = self.param("out_w", init, (V, H))
     self.out_b = self.param("out_b", init, (V,))
@@ -53,19 +80,14 @@ class Decoder(nn.Module):
     """LSTM outputs (T, B, H), time-major, after dropout, for inputs x_0 .. x_{T-1}."""
     x_TxBxE = jnp.take(self.embedding, inputs_BxT.T, axis=0)
     x_TxBxE = self.embed_dropout(x_TxBxE, deterministic=deterministic)
-    gates_z_Bx4H = z_BxD @ self.lstm_w_z + self.lstm_b[None, :]
+    batch_size = inputs_BxT.shape[0]
+    gates_z_Bx4H = jnp.broadcast_to(self.lstm_b[None, :], (batch_size, self.lstm_b.shape[0]))
+    h0_BxH = jnp.broadcast_to(self.init_b[None, :], (batch_size, self.init_b.shape[0]))
+    if self.latent_dim:
+      gates_z_Bx4H = gates_z_Bx4H + z_BxD @ self.lstm_w_z
+      h0_BxH = h0_BxH + z_BxD @ self.init_w
     gates_in_TxBx4H = x_TxBxE @ self.lstm_w_x + gates_z_Bx4H[None]
-    w_h_Hx4H = self.lstm_w_h
-
-    def cell(carry, gates_in_Bx4H):
-      h_BxH, c_BxH = carry
-      i, f, g, o = jnp.split(gates_in_Bx4H + h_BxH @ w_h_Hx4H, 4, axis=-1)
-      c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-      h_BxH = jax.nn.sigmoid(o) * jnp.tanh(c_BxH)
-      return (h_BxH, c_BxH), h_BxH
-
-    h0_BxH = z_BxD @ self.init_w + self.init_b[None, :]
-    _, h_TxBxH = jax.lax.scan(cell, (h0_BxH, jnp.zeros_like(h0_BxH)), gates_in_TxBx4H)
+    h_TxBxH, _ = lstm_recurrence(gates_in_TxBx4H, self.lstm_w_h, h0_BxH)
     return self.output_dropout(h_TxBxH, deterministic=deterministic)
 
   def __call__(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
@@ -75,7 +97,48 @@ class Decoder(nn.Module):
     return h_BxTxH @ self.out_w.T + self.out_b[None, None, :]
 
 
+class Encoder(nn.Module):
+  """The VAE baseline's inference network q(z | x) = N(mean, diag exp(logvar)).
+
+  An LSTM of the decoder's sizes reads w_1 .. w_n </s>; a linear map of its last real hidden
+  state gives mean and logvar (He et al. 2019). Initialised U(-init_scale, init_scale).
+  """
+  vocab_size: int
+  embed_dim: int
+  hidden_dim: int
+  latent_dim: int
+  init_scale: float
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    init = uniform_init(self.init_scale)
+    V, E, H, D = self.vocab_size, self.embed_dim, self.hidden_dim, self.latent_dim
+    embedding_VxE = self.param("embedding", init, (V, E))
+    w_x_Ex4H = self.param("lstm_w_x", init, (E, 4 * H))
+    w_h_Hx4H = self.param("lstm_w_h", init, (H, 4 * H))
+    b_4H = self.param("lstm_b", init, (4 * H,))
+    w_out_Hx2D = self.param("out_w", init, (H, 2 * D))
+    b_out_2D = self.param("out_b", init, (2 * D,))
+    x_TxBxE = jnp.take(embedding_VxE, tokens_BxT.T, axis=0)
+    gates_in_TxBx4H = x_TxBxE @ w_x_Ex4H + b_4H[None, None, :]
+    h0_BxH = jnp.zeros((tokens_BxT.shape[0], H), x_TxBxE.dtype)
+    _, h_last_BxH = lstm_recurrence(gates_in_TxBx4H, w_h_Hx4H, h0_BxH, mask_BxT.T > 0)
+    mean_BxD, logvar_BxD = jnp.split(h_last_BxH @ w_out_Hx2D + b_out_2D[None, :], 2, axis=-1)
+    return mean_BxD, logvar_BxD
+
+
 def make_decoder(model_config, vocab_size: int) -> Decoder:
+  """The decoder of config.model.kind: the LSTM-LM baseline has no latent (D = 0)."""
+  latent_dim = 0 if model_config.kind == "lm" else model_config.latent_dim
   return Decoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
-                 hidden_dim=model_config.hidden_dim, latent_dim=model_config.latent_dim,
+                 hidden_dim=model_config.hidden_dim, latent_dim=latent_dim,
                  dropout=model_config.dropout, init_scale=model_config.init_scale)
+
+
+def make_encoder(model_config, vocab_size: int) -> Encoder | None:
+  """The VAE's inference network, None for the kinds without one."""
+  if model_config.kind != "vae":
+    return None
+  return Encoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
+                 hidden_dim=model_config.hidden_dim, latent_dim=model_config.latent_dim,
+                 init_scale=model_config.init_scale)

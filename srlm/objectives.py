@@ -88,3 +88,37 @@ def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],
               z_BxD: jax.Array) -> jax.Array:
   """log p(x | z) + log p(z) per sentence; log_likelihood_fn maps z (B, D) to (B,)."""
   return log_likelihood_fn(z_BxD) + log_prior(z_BxD)
+
+
+# --- The Gaussian VAE baseline (SRI_SPEC §5) -------------------------------------------------
+
+def gaussian_kl(mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
+  """KL(N(mean, diag exp(logvar)) || N(0, I)) per sentence and dimension, (B, D):
+  1/2 (mean^2 + exp(logvar) - 1 - logvar)."""
+  return 0.5 * (mean_BxD ** 2 + jnp.exp(logvar_BxD) - 1.0 - logvar_BxD)
+
+
+def log_normal_diag(z_BxD: jax.Array, mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
+  """log N(z; mean, diag exp(logvar)), per sentence."""
+  return -0.5 * jnp.sum((z_BxD - mean_BxD) ** 2 * jnp.exp(-logvar_BxD) + logvar_BxD
+                        + math.log(2 * math.pi), axis=-1)
+
+
+def kl_penalty(kl_BxD: jax.Array, sentence_mask_B: jax.Array, free_bits: float) -> jax.Array:
+  """The ELBO's KL term for a batch: sum_d max(free_bits, mean over sentences of KL_d).
+
+  With free_bits = 0 this is the plain mean KL per sentence. The floor is per dimension on the
+  batch mean (Li et al. 2019; Kingma et al. 2016): below it a dimension's KL has no gradient.
+  """
+  num_sentences = jnp.maximum(jnp.sum(sentence_mask_B), 1.0)
+  mean_kl_D = jnp.sum(kl_BxD * sentence_mask_B[:, None], axis=0) / num_sentences
+  return jnp.sum(jnp.maximum(mean_kl_D, free_bits))
+
+
+def kl_weight(step: jax.Array, steps_per_epoch: int, kl_start: float,
+              warmup_epochs: float) -> jax.Array:
+  """Linear KL annealing: kl_start at step 0, 1 after warmup_epochs epochs (He et al. 2019)."""
+  if warmup_epochs <= 0:
+    return jnp.float32(1.0)
+  progress = jnp.asarray(step, jnp.float32) / (warmup_epochs * steps_per_epoch)
+  return jnp.minimum(1.0, kl_start + (1.0 - kl_start) * progress)

@@ -15,6 +15,7 @@ from srlm import evaluate
 from srlm import langevin
 from srlm import objectives
 from srlm import train
+from srlm.models import Decoder, Encoder
 
 from conftest import replace
 
@@ -170,5 +171,43 @@ def test_workdir_evaluation_writes_every_metric(tiny_config, tmp_path):
 def test_single_sample_nll_is_rec_plus_kl(tiny_config, tiny_decoder):
   model, params, batch = tiny_decoder
   config = replace(tiny_config, eval={"num_samples": 1})
-  out = evaluate.make_nll_step(config, model)(params, batch, jax.random.key(0))
+  out = evaluate.make_nll_step(config, model)({"decoder": params}, batch, jax.random.key(0))
   np.testing.assert_allclose(out["nll"], out["rec"] + out["kl"], rtol=1e-5)
+
+
+def test_lm_nll_equals_a_token_by_token_sum(tiny_decoder):
+  _, params, batch = tiny_decoder
+  model = Decoder(vocab_size=23, embed_dim=8, hidden_dim=12, latent_dim=0, dropout=0.5,
+                  init_scale=0.1)
+  lm_params = model.init(jax.random.key(3), jnp.zeros((1, 0)), jnp.zeros((1, 2), jnp.int32),
+                         deterministic=True)["params"]
+  config = config_lib.tiny()
+  config.model.kind = "lm"
+  nll = evaluate.make_nll_step(config, model)({"decoder": lm_params}, batch, jax.random.key(0))
+  for b in range(batch["inputs"].shape[0]):
+    total, t = 0.0, 0
+    while t < batch["mask"].shape[1] and batch["mask"][b, t] > 0:
+      prefix = jnp.asarray(batch["inputs"][b:b + 1, :t + 1])  # x_0 .. x_t only
+      logits = model.apply({"params": lm_params}, jnp.zeros((1, 0)), prefix,
+                           deterministic=True)[0, -1]
+      total -= float(jax.nn.log_softmax(logits)[batch["targets"][b, t]])
+      t += 1
+    assert float(nll["nll"][b]) == pytest.approx(total, rel=1e-5)
+  np.testing.assert_array_equal(nll["rec"], nll["nll"])
+
+
+def test_vae_iw_bound_tightens_with_more_samples(tiny_decoder):
+  model, params, batch = tiny_decoder
+  encoder = Encoder(vocab_size=23, embed_dim=8, hidden_dim=12, latent_dim=3, init_scale=0.5)
+  encoder_params = encoder.init(jax.random.key(4), batch["targets"], batch["mask"])["params"]
+  config = config_lib.tiny()
+  config.model.kind = "vae"
+  all_params = {"decoder": params, "encoder": encoder_params}
+
+  def mean_nll(m, seeds):
+    config.eval.num_samples = m
+    step = evaluate.make_nll_step(config, model, encoder)
+    return float(np.mean([step(all_params, batch, jax.random.key(s))["nll"] for s in seeds]))
+
+  nll_1, nll_10, nll_100 = mean_nll(1, range(200)), mean_nll(10, range(50)), mean_nll(100, range(20))
+  assert nll_1 > nll_10 > nll_100, (nll_1, nll_10, nll_100)

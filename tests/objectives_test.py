@@ -79,3 +79,33 @@ def test_log_joint_adds_the_prior():
   z = jnp.array([[0.5, -1.0]])
   value = objectives.log_joint(lambda z: jnp.array([-3.0]), z)
   np.testing.assert_allclose(value, -3.0 + objectives.log_prior(z), rtol=1e-6)
+
+
+def test_gaussian_kl_is_the_closed_form_and_matches_monte_carlo():
+  mean = jnp.array([[0.5, -1.0, 0.0]])
+  logvar = jnp.array([[0.2, -0.7, 1.1]])
+  kl = float(jnp.sum(objectives.gaussian_kl(mean, logvar)))
+  var = jnp.exp(logvar[0])
+  closed = 0.5 * float(jnp.sum(var) + mean[0] @ mean[0] - 3 - jnp.sum(jnp.log(var)))
+  assert kl == pytest.approx(closed, rel=1e-6)
+  z = mean + jnp.sqrt(var)[None] * jax.random.normal(jax.random.key(0), (200000, 3))
+  monte_carlo = jnp.mean(objectives.log_normal_diag(z, mean, logvar) - objectives.log_prior(z))
+  assert float(monte_carlo) == pytest.approx(kl, abs=0.02)
+
+
+def test_free_bits_floor_each_dimension_of_the_batch_mean_kl():
+  kl = jnp.array([[0.1, 2.0, 0.3], [0.3, 4.0, 0.5], [9.0, 9.0, 9.0]])
+  rows = jnp.array([1.0, 1.0, 0.0])  # the third row is padding
+  # Batch means per dimension: 0.2, 3.0, 0.4; floor 0.5 lifts the first and the last.
+  assert float(objectives.kl_penalty(kl, rows, 0.5)) == pytest.approx(0.5 + 3.0 + 0.5)
+  assert float(objectives.kl_penalty(kl, rows, 0.0)) == pytest.approx(0.2 + 3.0 + 0.4)
+  grad = jax.grad(lambda k: objectives.kl_penalty(k, rows, 0.5))(kl)
+  np.testing.assert_allclose(grad, [[0, 0.5, 0], [0, 0.5, 0], [0, 0, 0]])  # floored: no gradient
+
+
+def test_kl_annealing_is_linear_in_steps():
+  weight = lambda step: float(objectives.kl_weight(step, 100, 0.1, 10.0))
+  assert weight(0) == pytest.approx(0.1)
+  assert weight(500) == pytest.approx(0.55)
+  assert weight(1000) == weight(5000) == pytest.approx(1.0)
+  assert float(objectives.kl_weight(0, 100, 0.1, 0.0)) == 1.0

@@ -95,19 +95,21 @@ def test_accumulated_gradient_is_the_authors_sum(tiny_config, corpus):
 
   # Recompute z_0 and z_1 with the step's own key derivation, then the gradient by hand.
   chain_rng, _ = jax.random.split(jax.random.fold_in(rng, state.step))
-  z0, z1, _, _ = inference.infer_z(model, state.params, batch, chain_rng,
+  params = state.params["decoder"]
+  z0, z1, _, _ = inference.infer_z(model, params, batch, chain_rng,
                             jnp.asarray(config_lib.step_sizes(config.langevin)),
                             jnp.float32(0.05), dropout=False)
   nll = lambda p, z: -objectives.decoder_log_likelihood(model, p, z, batch, None)
-  chain_grad = jax.grad(lambda p: nll(p, z0).sum())(state.params)
-  final_grad = jax.grad(lambda p: nll(p, z1).sum() / 8.0)(state.params)
-  expected = state.apply_gradients(grads=jax.tree.map(jnp.add, chain_grad, final_grad))
+  chain_grad = jax.grad(lambda p: nll(p, z0).sum())(params)
+  final_grad = jax.grad(lambda p: nll(p, z1).sum() / 8.0)(params)
+  expected = state.apply_gradients({"decoder": jax.tree.map(jnp.add, chain_grad, final_grad)})
   for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected.params)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   # And it differs from the method as written.
   final_only, _ = train.make_train_step(replace(config, train={"gradient": "final"}), model)(
       state, batch, rng)
-  assert not np.allclose(final_only.params["out_w"], new_state.params["out_w"])
+  assert not np.allclose(final_only.params["decoder"]["out_w"],
+                         new_state.params["decoder"]["out_w"])
 
 
 def _train_records(workdir):
@@ -200,3 +202,41 @@ def test_epoch_end_can_log_active_units_and_mutual_information(tiny_config, tmp_
     valid = [r for r in map(json.loads, f) if r["split"] == "valid"]
   assert len(valid) == 1
   assert 0 <= valid[0]["au"] <= config.model.latent_dim and np.isfinite(valid[0]["mi"])
+
+
+@pytest.mark.parametrize("kind", ["lm", "vae", "vae_fb", "vae_aggressive"])
+def test_every_baseline_trains_from_its_tiny_flagfile_and_evaluates(kind, tfds_dir, tmp_path):
+  from srlm import evaluate  # pylint: disable=import-outside-toplevel
+  config = config_lib.from_flags([f"--flagfile=launch/ptb_{kind}_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}", "--config.train.max_steps=3",
+                                  "--config.data.max_train_sentences=48"])
+  workdir = str(tmp_path)
+  assert train.train_and_evaluate(config, workdir)["step"] == 3
+  config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4,
+                                                "eval.num_samples": 2})
+  result = evaluate.evaluate_workdir(config, workdir)
+  assert result["model_kind"] == config.model.kind
+  for key in ("nll", "ppl", "kl", "mi", "rec"):
+    assert np.isfinite(result[key]), key
+  if kind == "lm":
+    assert result["kl"] == result["mi"] == result["au"] == 0 and result["rec"] == result["nll"]
+  else:
+    assert result["kl"] >= 0 and result["nll"] > 0
+
+
+def test_aggressive_schedule_takes_several_encoder_steps_early_and_one_later(tfds_dir,
+                                                                              tmp_path):
+  config = config_lib.from_flags(["--flagfile=launch/ptb_vae_aggressive_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}",
+                                  "--config.data.max_train_sentences=64",
+                                  "--config.data.max_eval_sentences=8",
+                                  "--config.train.log_every_steps=1"])
+  train.train_and_evaluate(config, str(tmp_path))
+  records = _train_records(str(tmp_path))
+  early = [r["encoder_steps"] for r in records if r["epoch"] == 1]
+  later = [r["encoder_steps"] for r in records if r["epoch"] == 2]
+  window = config.vae.aggressive_window
+  # The inner loop checks its loss every `window` updates, so it always runs at least that
+  # many; it never runs past aggressive_max_steps.
+  assert all(window <= n <= config.vae.aggressive_max_steps for n in early), early
+  assert np.mean(early) > window and later and all(n == 1 for n in later), (early, later)
