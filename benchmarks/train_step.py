@@ -1,7 +1,8 @@
-"""Time one SRI training step at PTB sizes: B=32, K=20, E=H=256, D=32, V=10,002.
+"""Time one training step at PTB sizes: B=32, K=20, E=H=256, D=32, V=10,002.
 
-    python benchmarks/train_step.py [--lengths=22,12,32] [--gradient=final] [--repeats=10]
+    python benchmarks/train_step.py [--kind=sri] [--lengths=22,12,32] [--gradient=final]
 
+--kind=lm|vae times the baselines' steps (the VAE with both encoder and decoder updated).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
 median seconds per step after compile, steps/s and sentences/s, and the peak memory; writes
 benchmarks/results/train_step_<backend>.json. Random token ids: the cost does not depend on
@@ -21,10 +22,12 @@ import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
 from srlm import train  # pylint: disable=wrong-import-position
-from srlm.models import make_decoder  # pylint: disable=wrong-import-position
+from srlm.models import make_decoder, make_encoder  # pylint: disable=wrong-import-position
 
 _LENGTHS = flags.DEFINE_list("lengths", ["22", "12", "32"], "Padded lengths T to time.")
-_GRADIENT = flags.DEFINE_enum("gradient", "final", config_lib.GRADIENTS, "Decoder gradient.")
+_KIND = flags.DEFINE_enum("kind", "sri", config_lib.KINDS, "Model kind.")
+_GRADIENT = flags.DEFINE_enum("gradient", "final", config_lib.GRADIENTS,
+                              "SRI's decoder gradient.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per length (median reported).")
 _VOCAB = 10002
 
@@ -33,9 +36,11 @@ def main(argv):
   del argv
   config = config_lib.Config()
   config.train.gradient = _GRADIENT.value
+  config.model.kind = _KIND.value
   model = make_decoder(config.model, _VOCAB)
-  state = train.create_train_state(config, model, jax.random.key(0))
-  step = train.make_train_step(config, model)
+  encoder = make_encoder(config.model, _VOCAB)
+  state = train.create_train_state(config, model, jax.random.key(0), encoder)
+  step = train.make_train_step(config, model, encoder, steps_per_epoch=1315)
   rng = np.random.default_rng(0)
   batch_size = config.data.batch_size
   rows = []
@@ -51,11 +56,12 @@ def main(argv):
           f"{row['steps_per_s']:.2f} steps/s, {row['sentences_per_s']:.1f} sentences/s, "
           f"compile+first {row['compile_and_first_call_s']:.1f} s, "
           f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
-  path = common.write_result(f"train_step_{_GRADIENT.value}", {
+  name = "train_step_" + _KIND.value + (f"_{_GRADIENT.value}" if _KIND.value == "sri" else "")
+  path = common.write_result(name, {
       "config": {"batch_size": batch_size, "num_steps": config.langevin.num_steps,
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,
                  "latent_dim": config.model.latent_dim, "vocab_size": _VOCAB,
-                 "gradient": _GRADIENT.value},
+                 "kind": _KIND.value, "gradient": _GRADIENT.value},
       "rows": rows})
   print(f"wrote {path}")
 
