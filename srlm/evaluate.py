@@ -29,7 +29,6 @@ Other metrics:
        sentences' points), q(z) the average of q(z | x') over the whole split, one z per x.
 """
 
-import json
 import math
 import os
 import time
@@ -45,6 +44,7 @@ from srlm import config as config_lib
 from srlm import inference
 from srlm import langevin
 from srlm import objectives
+from srlm import reporting
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.errors import UserError
@@ -269,11 +269,6 @@ def latent_statistics(config: Config, model: Decoder, params, split: pipeline.Sp
           "posterior_mean_variance": np.var(means, axis=0).tolist()}
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 _ESTIMATORS = {
     "sri": ("importance sampling with M={M} short-run chains per sentence (K={K}, T={T}); "
             "log q(z_K|x) = log N(z_0) - log|det dz_K/dz_0| (exact Jacobian of the chain). "
@@ -308,7 +303,7 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
       elapsed = time.time() - start
       logging.info("eval %s: %d/%d sentences, NLL/sentence so far %.2f | ETA %s",
                    split.name, done, len(split), totals["nll"] / done,
-                   _format_seconds(elapsed / done * (len(split) - done)))
+                   reporting.format_seconds(elapsed / done * (len(split) - done)))
   nll_seconds = time.time() - start
   latent = latent_statistics(config, model, params, split, latent_rng, ecfg.batch_size,
                              encoder)
@@ -370,9 +365,6 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
                           jax.random.key(config.eval.seed), encoder)
   result["checkpoint_step"] = int(state.step)
   path = os.path.join(workdir, f"eval_{config.eval.split}.json")
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, path)
+  reporting.write_json_atomic(path, result)
   result["path"] = path
   return result

@@ -12,7 +12,6 @@ Adam with global-norm clipping updates the decoder.
 Metrics leave the jitted step as sums with their denominators (`nll_sum`, `num_tokens`, ...).
 """
 
-import json
 import math
 import os
 import signal
@@ -33,6 +32,7 @@ from srlm import evaluate
 from srlm import inference
 from srlm import langevin
 from srlm import objectives
+from srlm import reporting
 from srlm.checkpointing import Checkpointer
 from srlm.config import Config
 from srlm.data import pipeline
@@ -285,17 +285,6 @@ def summarize_train(metrics: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return summary
 
 
-class MetricWriter:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-
-  def write(self, record: dict[str, Any]) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-
-
 class StopOnSignal:
   """Turns SIGTERM / SIGINT into a flag the loop checks after each step (save, then stop)."""
 
@@ -335,18 +324,6 @@ def _kind_summary(summary: dict[str, float]) -> str:
   return "lm"
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
 
@@ -355,7 +332,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
+  reporting.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
   corpus = pipeline.load_corpus(config.data)
   train_split = corpus.splits["train"]
   if not len(train_split):
@@ -420,7 +397,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
     encoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("encoder",))
     decoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("decoder",))
   eval_step = make_eval_step(config, model, encoder)
-  writer = MetricWriter(workdir)
+  writer = reporting.MetricWriter(workdir)
   step = int(state.step)
   result: dict[str, Any] = {"status": "completed"}
   total_steps = steps_per_epoch * tcfg.num_epochs
@@ -463,8 +440,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
               "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.1f | %s | %.2f steps/s "
               "| ETA epoch %s, run %s", epoch + 1, tcfg.num_epochs, index + 1, len(plan), step,
               summary["nll_per_token"], summary["ppl"], _kind_summary(summary), rate,
-              _format_seconds((len(plan) - index - 1) / rate),
-              _format_seconds((total_steps - step) / rate))
+              reporting.format_seconds((len(plan) - index - 1) / rate),
+              reporting.format_seconds((total_steps - step) / rate))
           pending, window_start, window_step = [], now, step
         if step % tcfg.checkpoint_every_steps == 0:
           checkpointer.save(step, state, next_position)
@@ -487,5 +464,5 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
       result["valid"] = valid
       checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
   checkpointer.wait()
-  logging.info("Finished %d steps in %s.", step, _format_seconds(time.time() - run_start))
+  logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
   return {**result, "step": step}

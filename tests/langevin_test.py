@@ -30,13 +30,18 @@ def test_unit_temperature_samples_a_gaussian_target():
   np.testing.assert_allclose(z.std(0), std, rtol=0.06)
 
 
-def test_zero_temperature_small_steps_never_decrease_log_joint(tiny_decoder):
-  model, params, batch = tiny_decoder
-
+def _decoder_log_joint(model, params, batch):
+  """(z, rng) -> log p(x, z) per sentence, dropout off (rng unused)."""
   def logdensity_fn(z, rng):
     del rng
     return objectives.log_joint(
         lambda z: objectives.decoder_log_likelihood(model, params, z, batch, None), z)
+  return logdensity_fn
+
+
+def test_zero_temperature_small_steps_never_decrease_log_joint(tiny_decoder):
+  model, params, batch = tiny_decoder
+  logdensity_fn = _decoder_log_joint(model, params, batch)
 
   z0 = jax.random.normal(jax.random.key(1), (batch["targets"].shape[0], model.latent_dim))
   fn = langevin.per_example_value_and_grad(logdensity_fn)
@@ -49,11 +54,7 @@ def test_zero_temperature_small_steps_never_decrease_log_joint(tiny_decoder):
 def test_batch_gradient_is_each_sentences_own_gradient(tiny_decoder):
   """The gradient of the batch-summed log joint equals per-sentence gradients (vmap)."""
   model, params, batch = tiny_decoder
-
-  def logdensity_fn(z, rng):
-    del rng
-    return objectives.log_joint(
-        lambda z: objectives.decoder_log_likelihood(model, params, z, batch, None), z)
+  logdensity_fn = _decoder_log_joint(model, params, batch)
 
   def one_sentence(z_D, index):
     single = jax.tree.map(lambda x: jnp.asarray(x)[index][None], batch)
