@@ -354,16 +354,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
 
 
 def aggressive_encoder_updates(encoder_step, state: TrainState, split: pipeline.Split,
-                               config: Config, rng: jax.Array, step: int
-                               ) -> tuple[TrainState, int]:
-  """He et al. 2019's inner loop: encoder-only updates on fresh random batches until the
+                               plan: pipeline.BatchPlan, config: Config, rng: jax.Array,
+                               step: int) -> tuple[TrainState, int]:
+  """He et al. 2019's inner loop: encoder-only updates on random batches of `plan` until the
   summed loss of a window of `aggressive_window` updates is no lower than the previous
   window's, or `aggressive_max_steps` updates. Returns the state and the number of updates.
 
   The batches are a function of (seed, step), so a resumed run repeats them.
   """
   vcfg, batch_size = config.vae, config.data.batch_size
-  plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
   choice = np.random.default_rng([config.train.seed, step, 1])
   previous, current = math.inf, 0.0
   for update in range(1, vcfg.aggressive_max_steps + 1):
@@ -396,6 +395,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
   if config.model.kind == "vae" and config.vae.aggressive_epochs:
     encoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("encoder",))
     decoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("decoder",))
+    inner_plan = pipeline.plan_batches(train_split, config.data.buckets, batch_size)
   eval_step = make_eval_step(config, model, encoder)
   writer = reporting.MetricWriter(workdir)
   step = int(state.step)
@@ -418,7 +418,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
         batch["epoch"] = np.int32(epoch)
         if config.model.kind == "vae" and epoch < config.vae.aggressive_epochs:
           state, encoder_updates = aggressive_encoder_updates(
-              encoder_step, state, train_split, config,
+              encoder_step, state, train_split, inner_plan, config,
               jax.random.fold_in(train_rng, 1 << 30), step)
           state, metrics = decoder_step(state, batch, train_rng)
           metrics = {**metrics, "encoder_steps": encoder_updates}
