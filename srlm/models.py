@@ -24,25 +24,31 @@ def uniform_init(scale: float):
   return init
 
 
+def lstm_cell(h_BxH: jax.Array, c_BxH: jax.Array, gates_in_Bx4H: jax.Array,
+              w_h_Hx4H: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One LSTM step (gate order i, f, g, o) given the input's share of the gates."""
+  i, f, g, o = jnp.split(gates_in_Bx4H + h_BxH @ w_h_Hx4H, 4, axis=-1)
+  c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+  return jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH
+
+
 def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
                     keep_TxB: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """LSTM steps (gate order i, f, g, o) over precomputed input gates, time-major.
+  """LSTM steps over precomputed input gates, time-major.
 
   Returns (all h_t (T, B, H), the final h). Where keep_TxB is 0 the state is carried over
   unchanged, so the final h is the one at each sentence's last real token.
   """
-  def cell(carry, step):
+  def step(carry, inputs):
     h_BxH, c_BxH = carry
-    gates_in_Bx4H, keep_B = step
-    i, f, g, o = jnp.split(gates_in_Bx4H + h_BxH @ w_h_Hx4H, 4, axis=-1)
-    new_c = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-    new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
+    gates_in_Bx4H, keep_B = inputs
+    new_h, new_c = lstm_cell(h_BxH, c_BxH, gates_in_Bx4H, w_h_Hx4H)
     if keep_B is not None:
       new_h = jnp.where(keep_B[:, None], new_h, h_BxH)
       new_c = jnp.where(keep_B[:, None], new_c, c_BxH)
     return (new_h, new_c), new_h
 
-  (h_last, _), h_TxBxH = jax.lax.scan(cell, (h0_BxH, jnp.zeros_like(h0_BxH)),
+  (h_last, _), h_TxBxH = jax.lax.scan(step, (h0_BxH, jnp.zeros_like(h0_BxH)),
                                       (gates_in_TxBx4H, keep_TxB))
   return h_TxBxH, h_last
 
@@ -75,20 +81,39 @@ class Decoder(nn.Module):
     self.embed_dropout = nn.Dropout(self.dropout)
     self.output_dropout = nn.Dropout(self.dropout)
 
-  def hidden(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
-             deterministic: bool) -> jax.Array:
-    """LSTM outputs (T, B, H), time-major, after dropout, for inputs x_0 .. x_{T-1}."""
-    x_TxBxE = jnp.take(self.embedding, inputs_BxT.T, axis=0)
-    x_TxBxE = self.embed_dropout(x_TxBxE, deterministic=deterministic)
-    batch_size = inputs_BxT.shape[0]
+  def _latent_gates_and_h0(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """z's share of every step's gates (with the bias), and h_0 = Linear(z)."""
+    batch_size = z_BxD.shape[0]
     gates_z_Bx4H = jnp.broadcast_to(self.lstm_b[None, :], (batch_size, self.lstm_b.shape[0]))
     h0_BxH = jnp.broadcast_to(self.init_b[None, :], (batch_size, self.init_b.shape[0]))
     if self.latent_dim:
       gates_z_Bx4H = gates_z_Bx4H + z_BxD @ self.lstm_w_z
       h0_BxH = h0_BxH + z_BxD @ self.init_w
+    return gates_z_Bx4H, h0_BxH
+
+  def hidden(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
+             deterministic: bool) -> jax.Array:
+    """LSTM outputs (T, B, H), time-major, after dropout, for inputs x_0 .. x_{T-1}."""
+    x_TxBxE = jnp.take(self.embedding, inputs_BxT.T, axis=0)
+    x_TxBxE = self.embed_dropout(x_TxBxE, deterministic=deterministic)
+    gates_z_Bx4H, h0_BxH = self._latent_gates_and_h0(z_BxD)
     gates_in_TxBx4H = x_TxBxE @ self.lstm_w_x + gates_z_Bx4H[None]
     h_TxBxH, _ = lstm_recurrence(gates_in_TxBx4H, self.lstm_w_h, h0_BxH)
     return self.output_dropout(h_TxBxH, deterministic=deterministic)
+
+  def start(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The state (h_0, c_0) that generation starts from (dropout off)."""
+    _, h0_BxH = self._latent_gates_and_h0(z_BxD)
+    return h0_BxH, jnp.zeros_like(h0_BxH)
+
+  def step(self, state: tuple[jax.Array, jax.Array], z_BxD: jax.Array,
+           tokens_B: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """One generation step (dropout off): feeds x_t, returns the new state and logits (B, V)
+    of x_{t+1}. The same cell and weights as `hidden`."""
+    gates_z_Bx4H, _ = self._latent_gates_and_h0(z_BxD)
+    gates_in_Bx4H = jnp.take(self.embedding, tokens_B, axis=0) @ self.lstm_w_x + gates_z_Bx4H
+    h_BxH, c_BxH = lstm_cell(*state, gates_in_Bx4H, self.lstm_w_h)
+    return (h_BxH, c_BxH), h_BxH @ self.out_w.T + self.out_b[None, :]
 
   def __call__(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
                deterministic: bool) -> jax.Array:
