@@ -123,6 +123,26 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class AnalysisConfig:
+  """`--mode=sample|reconstruct|interpolate` (SRI_SPEC §6)."""
+  # Decoding: temperature 0 is greedy; top_k > 0 samples among the k likeliest words.
+  temperature: float = 0.0
+  top_k: int = 0
+  max_length: int = 40
+  # sample: sentences drawn from the prior.
+  num_samples: int = 10
+  # reconstruct: a text file (one sentence per line), else the first max_sentences of split.
+  input_file: str = ""
+  split: str = "test"
+  max_sentences: int = 10
+  # interpolate: "sentence a|sentence b", or a file of such lines; points on the segment.
+  pair: str = ""
+  pairs_file: str = ""
+  num_points: int = 7
+  seed: int = 0
+
+
+@dataclasses.dataclass
 class Config:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -130,6 +150,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
 
 
 CORPORA = ("ptb",)
@@ -194,6 +215,13 @@ def validate(config: Config) -> Config:
   _check(e.num_posterior_chains >= 2, "eval.num_posterior_chains",
          f"must be >= 2 (a variance needs two chains), got {e.num_posterior_chains}")
   _check(e.max_sentences >= 0, "eval.max_sentences", "must be >= 0 (0: whole split)")
+  a = config.analysis
+  _check(a.temperature >= 0, "analysis.temperature", "must be >= 0 (0: greedy)")
+  _check(0 <= a.top_k, "analysis.top_k", "must be >= 0 (0: no restriction)")
+  _check(a.max_length >= 1, "analysis.max_length", "must be >= 1")
+  _check(a.num_samples >= 1, "analysis.num_samples", "must be >= 1")
+  _check(a.max_sentences >= 1, "analysis.max_sentences", "must be >= 1")
+  _check(2 <= a.num_points, "analysis.num_points", "must be >= 2 (the two ends)")
   return config
 
 

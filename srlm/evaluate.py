@@ -32,7 +32,7 @@ Other metrics:
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -333,15 +333,20 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
   }
 
 
-def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
-  """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
-  WORKDIR/eval_<split>.json. Raises UserError for a missing checkpoint or a bad split."""
+class TrainedRun(NamedTuple):
+  """A workdir's latest checkpoint with what is needed to use it."""
+  corpus: pipeline.Corpus
+  model: Decoder
+  encoder: Encoder | None
+  params: dict[str, Any]
+  step: int
+
+
+def restore_trained(config: Config, workdir: str) -> TrainedRun:
+  """Loads the corpus and the workdir's latest checkpoint, read-only. Raises UserError when
+  there is no checkpoint or it does not fit the config."""
   config_lib.validate(config)
   corpus = pipeline.load_corpus(config.data)
-  if config.eval.split not in corpus.splits:
-    raise config_lib.ConfigError(
-        f"--config.eval.split: unknown split {config.eval.split!r}; "
-        f"{config.data.corpus} has {sorted(corpus.splits)}.")
   model = make_decoder(config.model, len(corpus.vocab))
   encoder = make_encoder(config.model, len(corpus.vocab))
   # train imports this module (for per-epoch latent metrics); import it here to avoid a cycle.
@@ -360,10 +365,20 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
   if restored is None:
     raise no_checkpoint
   state, _ = restored
-  split = corpus.splits[config.eval.split]
-  result = evaluate_split(config, model, state.params, split,
-                          jax.random.key(config.eval.seed), encoder)
-  result["checkpoint_step"] = int(state.step)
+  return TrainedRun(corpus, model, encoder, state.params, int(state.step))
+
+
+def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
+  """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
+  WORKDIR/eval_<split>.json. Raises UserError for a missing checkpoint or a bad split."""
+  run = restore_trained(config, workdir)
+  if config.eval.split not in run.corpus.splits:
+    raise config_lib.ConfigError(
+        f"--config.eval.split: unknown split {config.eval.split!r}; "
+        f"{config.data.corpus} has {sorted(run.corpus.splits)}.")
+  result = evaluate_split(config, run.model, run.params, run.corpus.splits[config.eval.split],
+                          jax.random.key(config.eval.seed), run.encoder)
+  result["checkpoint_step"] = run.step
   path = os.path.join(workdir, f"eval_{config.eval.split}.json")
   reporting.write_json_atomic(path, result)
   result["path"] = path

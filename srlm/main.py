@@ -21,10 +21,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints; an existing "
     "run there is resumed.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval"],
-    "train: train or resume the run in --workdir. eval: restore its latest checkpoint and write "
-    "eval_<split>.json (importance-sampled NLL/PPL, KL, MI, AU, REC); the run's config.json "
-    "is used, with any --config.* flags given on top (e.g. --config.eval.split=valid).")
+    "mode", "train", ["train", "eval", "sample", "reconstruct", "interpolate"],
+    "train: train or resume the run in --workdir. The others restore its latest checkpoint "
+    "with the run's config.json and any --config.* flags given on top: eval writes "
+    "eval_<split>.json (importance-sampled NLL/PPL, KL, MI, AU, REC); sample writes "
+    "samples.txt (prior samples); reconstruct writes reconstructions.tsv; interpolate writes "
+    "interpolations.txt (see --config.analysis.*).")
 
 EXIT_USER_ERROR = 2
 
@@ -62,12 +64,17 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     _fail("--workdir is required: the directory where the run's checkpoints and metrics go.")
   # Imported here to keep `--help` fast.
+  from srlm import analysis  # pylint: disable=import-outside-toplevel
   from srlm import evaluate  # pylint: disable=import-outside-toplevel
   from srlm import train  # pylint: disable=import-outside-toplevel
   try:
-    if _MODE.value == "eval":
+    if _MODE.value != "train":
       config = config_lib.load_run_config(_WORKDIR.value, _given_config_overrides())
-      _print_eval(evaluate.evaluate_workdir(config, _WORKDIR.value))
+      if _MODE.value == "eval":
+        _print_eval(evaluate.evaluate_workdir(config, _WORKDIR.value))
+      else:
+        text, path = analysis.run_mode(_MODE.value, config, _WORKDIR.value)
+        print(f"{text}\n(written to {path})")
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
