@@ -35,8 +35,8 @@ def main(argv):
   config = config_lib.Config()
   config.eval.num_samples = _NUM_SAMPLES.value
   model = make_decoder(config.model, _VOCAB)
-  params = model.init(jax.random.key(0), np.zeros((1, 32), np.float32),
-                      np.zeros((1, 2), np.int32), deterministic=True)["params"]
+  params = {"decoder": model.init(jax.random.key(0), np.zeros((1, 32), np.float32),
+                                  np.zeros((1, 2), np.int32), deterministic=True)["params"]}
   step = evaluate.make_nll_step(config, model)
   rng = np.random.default_rng(0)
   rows = []
