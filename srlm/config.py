@@ -8,6 +8,7 @@ and names the offending flag in its message.
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Sequence
 
 from absl import flags
@@ -239,11 +240,15 @@ def to_json(config: Config) -> str:
   return json.dumps(to_dict(config), indent=2, sort_keys=True)
 
 
+def _section_type(field: dataclasses.Field) -> type:
+  return field.type if isinstance(field.type, type) else field.default_factory
+
+
 def from_dict(values: dict[str, Any]) -> Config:
   """Inverse of to_dict (lists become tuples); unknown keys raise ConfigError."""
   sections = {}
   for field in dataclasses.fields(Config):
-    section_type = field.type if isinstance(field.type, type) else field.default_factory
+    section_type = _section_type(field)
     raw = dict(values.get(field.name, {}))
     known = {f.name for f in dataclasses.fields(section_type)}
     unknown = set(raw) - known
@@ -271,12 +276,22 @@ FLAG_ERRORS = (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSE
 
 
 def describe_flag_error(error: Exception) -> str:
-  """One line for a FLAG_ERRORS exception, naming the flag or file."""
+  """One line for a FLAG_ERRORS exception, naming the flag or file (and, for an unknown
+  --config field, the fields its section has)."""
   if isinstance(error, OSError):
     return f"cannot read flagfile {error.filename}: {error.strerror}"
   if isinstance(error, flags.Error):
     return str(error)
-  return f"bad --config flag: {error.args[0] if error.args else error}"
+  text = str(error.args[0] if error.args else error)
+  unknown = re.search(r"Field (\w+) not found on dataclass <class '[\w.]*\.(\w+)'>", text)
+  sections = {_section_type(f).__name__: (f.name, _section_type(f))
+              for f in dataclasses.fields(Config)}
+  if unknown and unknown.group(2) in sections:
+    section, section_type = sections[unknown.group(2)]
+    known = ", ".join(f.name for f in dataclasses.fields(section_type))
+    return (f"unknown config field --config.{section}.{unknown.group(1)}; "
+            f"--config.{section} has: {known}")
+  return f"bad --config flag: {text}"
 
 
 def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str]):

@@ -37,8 +37,9 @@ def _fail(message: str) -> None:
 
 
 def _fail_on_flag_error(error: Exception) -> None:
-  _fail(f"{config_lib.describe_flag_error(error)}. Run `python -m srlm.main --helpfull` to "
-        "list the flags and the config fields with their types.")
+  _fail(f"{config_lib.describe_flag_error(error)}. The config fields, their types and "
+        "defaults are in srlm/config.py and README.md; `python -m srlm.main --helpfull` lists "
+        "the other flags.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
