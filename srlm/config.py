@@ -28,8 +28,11 @@ class DataConfig:
   # ~/tensorflow_datasets.
   dir: str = ""
   # Directory holding the raw split files (ptb.train.txt, ...); "" means the copy embedded in
-  # the package.
+  # the package (PTB only).
   source_dir: str = ""
+  # Renamed or extra splits, "split=file[+file...]" (files in source_dir, joined in order),
+  # e.g. ("train=short_yelp.train.10000.txt+short_yelp.valid.txt",).
+  split_files: tuple[str, ...] = ()
   batch_size: int = 32
   # Padded sequence lengths, counting <s> and </s>. A sentence goes to the smallest bucket that
   # holds it; jit compiles once per bucket. The last bucket is the maximum length.
@@ -154,7 +157,7 @@ class Config:
   analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
 
 
-CORPORA = ("ptb",)
+CORPORA = ("ptb", "yahoo", "yelp", "snli", "short_yelp")
 KINDS = ("sri", "lm", "vae")
 GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
@@ -261,7 +264,8 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 # Fields that fix the shapes of the parameters and the data: a checkpoint can only be restored
 # under a config that agrees on them.
-SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.vocab_size", "model.kind",
+SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.split_files", "data.vocab_size",
+                "model.kind",
                 "model.embed_dim",
                 "model.hidden_dim", "model.latent_dim")
 

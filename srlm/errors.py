@@ -4,6 +4,11 @@
 class UserError(Exception):
   """Bad input (a file, a flag, a workdir): the message says what is wrong and what to do."""
 
+  def __init__(self, message: str):
+    super().__init__(message)
+    # Kept apart from args, which some libraries (TFDS) rewrite with their own prefix.
+    self.message = message
+
 
 class CorpusError(UserError):
   """A corpus file is missing, unreadable, not UTF-8, or empty."""

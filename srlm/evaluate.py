@@ -286,8 +286,7 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
   """Every metric of SRI_SPEC §4 on a split (the first max_sentences sentences if set)."""
   ecfg = config.eval
   if ecfg.max_sentences and ecfg.max_sentences < len(split):
-    split = pipeline.Split(split.name, split.sentences[:ecfg.max_sentences],
-                           split.lines[:ecfg.max_sentences], split.counts)
+    split = split.head(ecfg.max_sentences)
   nll_rng, latent_rng = jax.random.split(rng)
   nll_step = make_nll_step(config, model, encoder)
   plan = pipeline.plan_batches(split, config.data.buckets, ecfg.batch_size)

@@ -21,20 +21,27 @@ import tensorflow_datasets as tfds
 from srlm.config import DataConfig
 from srlm.data import builders
 from srlm.errors import CorpusError
-from srlm.data.vocab import PAD_ID, EOS_ID, Vocabulary, build_vocabulary
+from srlm.data.vocab import PAD_ID, EOS_ID, SPECIALS, Vocabulary, build_vocabulary
 
 Batch = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split, encoded: `sentences[i]` are the ids of source line `lines[i]`."""
+  """One split, encoded: `sentences[i]` are the ids of source line `lines[i]`, whose label is
+  `labels[i]` (-1 for unlabelled corpora)."""
   name: str
   sentences: list[np.ndarray]
   lines: np.ndarray
   # empty_lines (skipped when preparing), dropped / truncated (longer than the last bucket),
   # limited (beyond max_*_sentences).
   counts: dict[str, int]
+  labels: np.ndarray
+
+  def head(self, n: int) -> "Split":
+    """The first n sentences."""
+    return dataclasses.replace(self, sentences=self.sentences[:n], lines=self.lines[:n],
+                               labels=self.labels[:n])
 
   def __len__(self) -> int:
     return len(self.sentences)
@@ -51,32 +58,34 @@ class Corpus:
   splits: dict[str, Split]
 
 
-def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str]]], dict]:
-  """Prepares the corpus as ArrayRecord if needed; returns {split: [(line, text)]}, metadata."""
+def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str, int]]], dict]:
+  """Prepares the corpus as ArrayRecord if needed; returns {split: [(line, text, label)]}
+  and the data set's metadata."""
   builder_cls = builders.BUILDERS[config.corpus]
   try:
     sources = tfds.data_source(
         builder_cls.name, data_dir=config.dir or None,
-        builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir})
+        builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir,
+                        "split_files": tuple(config.split_files)})
   except CorpusError as e:
-    # TFDS re-raises with its own prefix; the builder's message is the one that helps.
-    while isinstance(e.__cause__, CorpusError):
-      e = e.__cause__
-    raise CorpusError(str(e)) from None
+    # TFDS prefixes the message with its own context; the builder's message is what helps.
+    raise CorpusError(e.message) from None
   texts = {}
   for split, source in sources.items():
     examples = source.__getitems__(range(len(source)))
-    texts[split] = [(int(e["line"]), e["text"].decode("utf-8")) for e in examples]
+    texts[split] = [(int(e["line"]), e["text"].decode("utf-8"), int(e["label"]))
+                    for e in examples]
   return texts, dict(sources["train"].dataset_info.metadata)
 
 
-def encode_split(name: str, texts: Sequence[tuple[int, str]], vocab: Vocabulary,
+def encode_split(name: str, texts: Sequence[tuple], vocab: Vocabulary,
                  config: DataConfig, max_sentences: int, empty_lines: int = 0) -> Split:
-  """Encodes sentences, applying the over-long rule and the sentence limit, with counts."""
+  """Encodes (line, text) or (line, text, label) items, applying the over-long rule and the
+  sentence limit, with counts."""
   max_len = config.buckets[-1]
-  sentences, lines = [], []
+  sentences, lines, labels = [], [], []
   counts = {"empty_lines": empty_lines, "dropped": 0, "truncated": 0, "limited": 0}
-  for line, text in texts:
+  for line, text, *label in texts:
     if max_sentences and len(sentences) == max_sentences:
       counts["limited"] += 1
       continue
@@ -89,13 +98,17 @@ def encode_split(name: str, texts: Sequence[tuple[int, str]], vocab: Vocabulary,
       counts["truncated"] += 1
     sentences.append(ids)
     lines.append(line)
-  return Split(name, sentences, np.array(lines, np.int64), counts)
+    labels.append(label[0] if label else -1)
+  return Split(name, sentences, np.array(lines, np.int64), counts, np.array(labels, np.int64))
 
 
 def load_corpus(config: DataConfig) -> Corpus:
   """Every split of the configured corpus, encoded with the training split's vocabulary."""
   texts, metadata = load_texts(config)
-  vocab = build_vocabulary((text.split() for _, text in texts["train"]), config.vocab_size)
+  if "vocab" in metadata:  # the corpus' own vocabulary, with srlm's special tokens first
+    vocab = Vocabulary(SPECIALS + tuple(w for w in metadata["vocab"] if w not in SPECIALS))
+  else:
+    vocab = build_vocabulary((text.split() for _, text, _ in texts["train"]), config.vocab_size)
   splits = {}
   for name, split_texts in texts.items():
     limit = config.max_train_sentences if name == "train" else config.max_eval_sentences

@@ -29,14 +29,14 @@ def test_embedded_ptb_is_the_published_corpus(tfds_dir):
   assert {k: len(v) for k, v in texts.items()} == {"train": 42068, "valid": 3370, "test": 3761}
   assert metadata["train_empty_lines"] == 0
   # File order is kept, with 1-based line numbers.
-  assert [line for line, _ in texts["test"][:3]] == [1, 2, 3]
+  assert [line for line, _, _ in texts["test"][:3]] == [1, 2, 3]
   assert texts["test"][0][1].startswith("no it was n't black monday")
 
 
 def test_source_dir_round_trip_skips_and_counts_empty_lines(tfds_dir, tmp_path):
   source = _write_corpus(tmp_path / "c", b"the cat\n\n  \nsat down\n")
   texts, metadata = pipeline.load_texts(_data_config(tfds_dir, source))
-  assert texts["train"] == [(1, "the cat"), (4, "sat down")]
+  assert texts["train"] == [(1, "the cat", -1), (4, "sat down", -1)]
   assert metadata["train_empty_lines"] == 2
 
 
@@ -49,9 +49,9 @@ def test_source_dir_matches_the_shared_copy(tfds_dir, shared_data):
 
 def test_edited_source_files_are_prepared_again(tfds_dir, tmp_path):
   source = _write_corpus(tmp_path / "c", b"one\n")
-  assert pipeline.load_texts(_data_config(tfds_dir, source))[0]["train"] == [(1, "one")]
+  assert pipeline.load_texts(_data_config(tfds_dir, source))[0]["train"] == [(1, "one", -1)]
   _write_corpus(tmp_path / "c", b"two\n")
-  assert pipeline.load_texts(_data_config(tfds_dir, source))[0]["train"] == [(1, "two")]
+  assert pipeline.load_texts(_data_config(tfds_dir, source))[0]["train"] == [(1, "two", -1)]
 
 
 def test_missing_file_names_it(tfds_dir, tmp_path):
@@ -76,5 +76,65 @@ def test_empty_corpus_is_an_error(tfds_dir, tmp_path):
 def test_builder_is_registered_for_tfds_data_source(tfds_dir):
   source = tfds.data_source("ptb", split="valid", data_dir=tfds_dir,
                             builder_kwargs={"file_format": "array_record"})
-  assert len(source) == 3370 and set(source[0]) == {"text", "line"}
+  assert len(source) == 3370 and set(source[0]) == {"text", "line", "label"}
   assert builders.BUILDERS["ptb"] is builders.Ptb
+
+
+def _labelled_corpus(directory, train=b"1\tgreat food\n0\tbad service\n"):
+  os.makedirs(directory, exist_ok=True)
+  files = {"short_yelp.train.txt": train, "short_yelp.valid.txt": b"0\tcold soup\n",
+           "short_yelp.test.txt": b"1\tnice staff\n\n",
+           "vocab.txt": b"<pad>\n<s>\n</s>\n<unk>\ngreat\nfood\nbad\n"}
+  for name, data in files.items():
+    with open(os.path.join(directory, name), "wb") as f:
+      f.write(data)
+  return str(directory)
+
+
+def test_labelled_corpus_round_trip_with_its_fixed_vocabulary(tfds_dir, tmp_path):
+  source = _labelled_corpus(tmp_path / "sy")
+  config = config_lib.DataConfig(corpus="short_yelp", dir=tfds_dir, source_dir=source)
+  texts, metadata = pipeline.load_texts(config)
+  assert texts["train"] == [(1, "great food", 1), (2, "bad service", 0)]
+  assert texts["test"] == [(1, "nice staff", 1)] and metadata["test_empty_lines"] == 1
+  corpus = pipeline.load_corpus(config)
+  assert corpus.vocab.words == ("<pad>", "<unk>", "<s>", "</s>", "great", "food", "bad")
+  assert corpus.splits["train"].labels.tolist() == [1, 0]
+  assert corpus.vocab.decode(corpus.splits["valid"].sentences[0]) == "<unk> <unk>"
+
+
+def test_split_files_rename_join_and_add_splits(tfds_dir, tmp_path):
+  source = _labelled_corpus(tmp_path / "sy")
+  with open(os.path.join(source, "extra.txt"), "wb") as f:
+    f.write(b"1\tgreat")  # no final newline: joining must not glue lines together
+  config = config_lib.DataConfig(
+      corpus="short_yelp", dir=tfds_dir, source_dir=source,
+      split_files=("train=extra.txt+short_yelp.valid.txt", "train_1=extra.txt"))
+  texts, _ = pipeline.load_texts(config)
+  assert [t[1:] for t in texts["train"]] == [("great", 1), ("cold soup", 0)]
+  assert [t[1:] for t in texts["train_1"]] == [("great", 1)]
+
+
+def test_malformed_labelled_line_names_file_and_line(tfds_dir, tmp_path):
+  source = _labelled_corpus(tmp_path / "sy", train=b"1\tgood\nno label here\n")
+  with pytest.raises(CorpusError, match=r"short_yelp\.train\.txt, line 2: expected "
+                                         r"'label<TAB>sentence'"):
+    pipeline.load_texts(config_lib.DataConfig(corpus="short_yelp", dir=tfds_dir,
+                                              source_dir=source))
+
+
+@pytest.mark.parametrize("corpus,missing,where", [
+    ("short_yelp", "short_yelp.train.txt", "18h8UYr801qr-USCYRzZySi_DSbUkHW71"),
+    ("snli", "snli.train.txt", "11NHEPxV7OrqmODozxQGezSU8093iUlUx"),
+    ("yahoo", "train.txt", "1PecZKhrPkMZmvMyiOJfMS-FsHW3FE0rH"),
+])
+def test_missing_split_says_which_file_and_where_to_get_it(tfds_dir, shared_data, corpus,
+                                                           missing, where):
+  with pytest.raises(CorpusError, match=rf"{missing} does not exist.*'train' file.*{where}"):
+    pipeline.load_texts(config_lib.DataConfig(corpus=corpus, dir=tfds_dir,
+                                              source_dir=str(shared_data / corpus)))
+
+
+def test_corpora_without_an_embedded_copy_need_a_source_dir(tfds_dir):
+  with pytest.raises(CorpusError, match="yelp corpus is not embedded.*source_dir"):
+    pipeline.load_texts(config_lib.DataConfig(corpus="yelp", dir=tfds_dir))
