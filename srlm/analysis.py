@@ -18,10 +18,14 @@ from srlm.data import pipeline
 from srlm.errors import ConfigError, UserError
 
 
+# One jitted decoder for every call: it compiles once per (model, shapes, decoding settings).
+_decode_jit = jax.jit(sampling.decode, static_argnums=(0, 4, 5, 6))
+
+
 def _decode(config: Config, run: evaluate.TrainedRun, z, rng) -> list[str]:
   a = config.analysis
-  tokens = jax.jit(sampling.decode, static_argnums=(0, 4, 5, 6))(
-      run.model, run.params["decoder"], z, rng, a.max_length, a.temperature, a.top_k)
+  tokens = _decode_jit(run.model, run.params["decoder"], z, rng, a.max_length,
+                       a.temperature, a.top_k)
   return sampling.to_text(run.corpus.vocab, tokens)
 
 
@@ -66,12 +70,16 @@ def reconstruct(config: Config, run: evaluate.TrainedRun, texts: list[str]) -> l
   return _decode(config, run, z, jax.random.key(config.analysis.seed))
 
 
-def interpolate(config: Config, run: evaluate.TrainedRun, a: str, b: str) -> list[str]:
-  """Decodings of num_points codes on the segment between the two sentences' codes."""
+def interpolate(config: Config, run: evaluate.TrainedRun,
+                pairs: list[tuple[str, str]]) -> list[list[str]]:
+  """For each pair, decodings of num_points codes on the segment between the two sentences'
+  codes. The codes of all pairs are inferred in one pass."""
   _require_latent(config, "interpolate")
-  z_a, z_b = posterior_means(config, run, [a, b])
-  line = sampling.interpolate(z_a, z_b, config.analysis.num_points)
-  return _decode(config, run, line, jax.random.key(config.analysis.seed))
+  codes = posterior_means(config, run, [sentence for pair in pairs for sentence in pair])
+  rng = jax.random.key(config.analysis.seed)
+  return [_decode(config, run, sampling.interpolate(codes[2 * i], codes[2 * i + 1],
+                                                    config.analysis.num_points), rng)
+          for i in range(len(pairs))]
 
 
 def _read_lines(path: str, flag: str) -> list[str]:
@@ -127,9 +135,10 @@ def run_mode(mode: str, config: Config, workdir: str) -> tuple[str, str]:
     lines = [f"{x}\t{y}" for x, y in zip(texts, outputs)]
     path = os.path.join(workdir, "reconstructions.tsv")
   elif mode == "interpolate":
+    pairs = _pairs(config)
     lines = []
-    for first, second in _pairs(config):
-      lines += [f"# {first} | {second}"] + interpolate(config, run, first, second) + [""]
+    for (first, second), decoded in zip(pairs, interpolate(config, run, pairs)):
+      lines += [f"# {first} | {second}"] + decoded + [""]
     path = os.path.join(workdir, "interpolations.txt")
   else:
     raise ValueError(mode)

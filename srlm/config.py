@@ -41,6 +41,7 @@ class DataConfig:
   # the first words and end it with </s>). Either way it is counted and logged.
   overlong: str = "drop"
   # 0 keeps every word type of the training split (PTB: 9,999 incl. <unk>, + <pad> <s> </s>).
+  # Ignored for corpora that ship a fixed vocabulary (short_yelp).
   vocab_size: int = 0
   # Limits for quick runs; 0 means the whole split.
   max_train_sentences: int = 0

@@ -50,12 +50,26 @@ def test_reconstruct_pairs_each_input_with_its_decoding(workdir, tmp_path):
     assert len(f.read().splitlines()) == 3
 
 
-def test_interpolate_decodes_every_point_of_every_pair(workdir):
+def test_interpolate_decodes_every_point_of_every_pair(workdir, tmp_path):
   _, path = analysis.run_mode(
       "interpolate", _config(workdir, pair="the market fell|stocks rose", num_points=5), workdir)
   with open(path) as f:
     lines = f.read().splitlines()
   assert lines[0] == "# the market fell | stocks rose" and len(lines) == 1 + 5 + 1
+  pairs = tmp_path / "pairs.txt"
+  pairs.write_text("the market fell|stocks rose\na b|c d\n")
+  _, path = analysis.run_mode("interpolate", _config(workdir, pairs_file=str(pairs),
+                                                     num_points=3), workdir)
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert [l for l in lines if l.startswith("#")] == ["# the market fell | stocks rose",
+                                                      "# a b | c d"]
+  assert len(lines) == 2 * (1 + 3 + 1)
+  # Each pair's segment is decoded from its own codes: the first block equals a lone run.
+  _, alone = analysis.run_mode("interpolate", _config(workdir, pair="the market fell|stocks "
+                                                      "rose", num_points=3), workdir)
+  with open(alone) as f:
+    assert f.read().splitlines() == lines[:5]
 
 
 def test_posterior_means_are_deterministic_given_the_seed(workdir):

@@ -138,3 +138,11 @@ def test_missing_split_says_which_file_and_where_to_get_it(tfds_dir, shared_data
 def test_corpora_without_an_embedded_copy_need_a_source_dir(tfds_dir):
   with pytest.raises(CorpusError, match="yelp corpus is not embedded.*source_dir"):
     pipeline.load_texts(config_lib.DataConfig(corpus="yelp", dir=tfds_dir))
+
+
+@pytest.mark.parametrize("spec", ["train", "=a.txt", "train="])
+def test_malformed_split_files_entry_is_named(tfds_dir, tmp_path, spec):
+  source = _labelled_corpus(tmp_path / "sy")
+  with pytest.raises(CorpusError, match=r"--config.data.split_files: .* is not 'split=file"):
+    pipeline.load_texts(config_lib.DataConfig(corpus="short_yelp", dir=tfds_dir,
+                                              source_dir=source, split_files=(spec,)))
