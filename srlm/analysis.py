@@ -1,4 +1,5 @@
-"""The latent space as a product (SRI_SPEC §6): prior samples, reconstructions, interpolations.
+"""The latent space as a product (SRI_SPEC §6): prior samples, reconstructions, interpolations,
+features, semi-supervised classification and clustering.
 
 Each function takes a restored run (`evaluate.restore_trained`) and returns text; `run_mode`
 writes it into the workdir and returns what to print. Inferred codes are posterior means:
@@ -6,12 +7,18 @@ the mean of S = config.eval.num_posterior_chains short-run chains (SRI), or the 
 mean (VAE). The LSTM-LM has no latent space.
 """
 
+import json
 import os
+import time
 
+from absl import logging
 import jax
 import numpy as np
 
 from srlm import evaluate
+from srlm import plots
+from srlm import probes
+from srlm import reporting
 from srlm import sampling
 from srlm.config import Config
 from srlm.data import pipeline
@@ -43,6 +50,28 @@ def sample_prior(config: Config, run: evaluate.TrainedRun) -> list[str]:
   return _decode(config, run, z, decode_rng)
 
 
+def split_posterior_means(config: Config, run: evaluate.TrainedRun, split: pipeline.Split,
+                          chains: evaluate.ChainSettings | None = None) -> np.ndarray:
+  """The posterior mean code (N, D) of each sentence of `split`, in order, from `chains`
+  (default: the eval chains), config.analysis.batch_size sentences per call. Deterministic
+  given config.analysis.seed."""
+  step = evaluate.make_posterior_step(config, run.model, run.encoder, chains)
+  batch_size = config.analysis.batch_size
+  plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
+  means = np.zeros((len(split), run.model.latent_dim), np.float32)
+  rng = jax.random.key(config.analysis.seed)
+  start = time.time()
+  for i, (indices, batch) in enumerate(zip(plan.indices, pipeline.iterate(split, plan,
+                                                                          batch_size))):
+    mean, _ = step(run.params, batch, jax.random.fold_in(rng, i))
+    means[indices] = np.asarray(mean)[:len(indices)]
+    if len(plan) > 10 and ((i + 1) % 10 == 0 or i + 1 == len(plan)):
+      elapsed = time.time() - start
+      logging.info("posterior means of %s: %d/%d batches | ETA %s", split.name, i + 1,
+                   len(plan), reporting.format_seconds(elapsed / (i + 1) * (len(plan) - i - 1)))
+  return means
+
+
 def posterior_means(config: Config, run: evaluate.TrainedRun, texts: list[str]) -> np.ndarray:
   """The posterior mean code (N, D) of each sentence, in order."""
   split = pipeline.encode_split("input", list(enumerate(texts, 1)), run.corpus.vocab,
@@ -51,16 +80,7 @@ def posterior_means(config: Config, run: evaluate.TrainedRun, texts: list[str]) 
     raise UserError(f"{len(texts) - len(split)} input sentence(s) are longer than the last "
                     f"bucket ({config.data.buckets[-1]} tokens); shorten them or set "
                     "--config.data.overlong=truncate.")
-  step = evaluate.make_posterior_step(config, run.model, run.encoder)
-  batch_size = config.eval.batch_size
-  plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
-  means = np.zeros((len(split), run.model.latent_dim), np.float32)
-  rng = jax.random.key(config.analysis.seed)
-  for i, (indices, batch) in enumerate(zip(plan.indices, pipeline.iterate(split, plan,
-                                                                          batch_size))):
-    mean, _ = step(run.params, batch, jax.random.fold_in(rng, i))
-    means[indices] = np.asarray(mean)[:len(indices)]
-  return means
+  return split_posterior_means(config, run, split)
 
 
 def reconstruct(config: Config, run: evaluate.TrainedRun, texts: list[str]) -> list[str]:
@@ -115,33 +135,161 @@ def _pairs(config: Config) -> list[tuple[str, str]]:
   return pairs
 
 
+def _split(config: Config, run: evaluate.TrainedRun, name: str, flag: str) -> pipeline.Split:
+  if name not in run.corpus.splits:
+    raise ConfigError(f"--config.analysis.{flag}: unknown split {name!r}; {config.data.corpus} "
+                      f"has {sorted(run.corpus.splits)}. Splits are declared with "
+                      "--config.data.split_files at training time (see "
+                      "launch/short_yelp.flags).")
+  return run.corpus.splits[name]
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  with open(f"{path}.tmp", "wb") as f:
+    np.save(f, array)
+  os.replace(f"{path}.tmp", path)
+
+
+def features(config: Config, run: evaluate.TrainedRun, split_name: str, workdir: str,
+             flag: str = "split") -> probes.Labelled:
+  """The posterior-mean features (N, D) and labels (N,) of a split (SRI_SPEC §6).
+
+  Saved as WORKDIR/features_<split>.npy and labels_<split>.npy, with features_<split>.json
+  recording the checkpoint and chain settings; a later call with the same record reuses them
+  (classify and cluster share the test split's features).
+  """
+  _require_latent(config, "features")
+  split = _split(config, run, split_name, flag)
+  a = config.analysis
+  record = {"split": split_name, "checkpoint_step": run.step, "model_kind": config.model.kind,
+            "num_sentences": len(split), "seed": a.seed}
+  if config.model.kind == "sri":
+    record.update(chains=a.feature_chains, steps=a.feature_steps, step_size=a.feature_step_size,
+                  temperature=0.0)
+  record_path = os.path.join(workdir, f"features_{split_name}.json")
+  features_path = os.path.join(workdir, f"features_{split_name}.npy")
+  labels_path = os.path.join(workdir, f"labels_{split_name}.npy")
+  try:
+    with open(record_path) as f:
+      if json.load(f) == record:
+        return probes.Labelled(split_name, np.load(features_path), np.load(labels_path))
+  except (OSError, ValueError):
+    pass
+  # The record is written last: a crash in between leaves no record, so no stale reuse.
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(record_path):
+    os.remove(record_path)
+  logging.info("features of %s: %d sentences, %s", split_name, len(split),
+               _feature_description(config))
+  values = split_posterior_means(config, run, split, evaluate.feature_chains(config))
+  _save_npy(features_path, values)
+  _save_npy(labels_path, split.labels)
+  reporting.write_json_atomic(record_path, record)
+  return probes.Labelled(split_name, values, split.labels)
+
+
+def _features_mode(config: Config, run: evaluate.TrainedRun, workdir: str) -> tuple[str, str]:
+  data = features(config, run, config.analysis.split, workdir)
+  png = plots.feature_projection(
+      data.features, data.labels, os.path.join(workdir, f"features_{data.name}.png"),
+      f"{config.data.corpus} {data.name}: posterior means, step {run.step}")
+  labels, counts = np.unique(data.labels, return_counts=True)
+  label_text = ("unlabelled" if np.all(data.labels < 0) else
+                ", ".join(f"label {l}: {c}" for l, c in zip(labels, counts)))
+  path = os.path.join(workdir, f"features_{data.name}.npy")
+  return (f"features of {data.name}: {data.features.shape[0]} x {data.features.shape[1]} "
+          f"({label_text}); labels in labels_{data.name}.npy; projection in {png}", path)
+
+
+def classify(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
+  """A linear classifier on each label split's features, selected on select_split, tested on
+  test_split; written to WORKDIR/classification.json."""
+  a = config.analysis
+  select = features(config, run, a.select_split, workdir, "select_split")
+  test = features(config, run, a.test_split, workdir, "test_split")
+  train_sets = [features(config, run, name, workdir, "label_splits") for name in a.label_splits]
+  rows = []
+  for train in train_sets:
+    rows.append(probes.linear_classifier(train, select, test))
+    logging.info("classifier on %s: test accuracy %.4f", train.name, rows[-1]["test_accuracy"])
+  result = {"checkpoint_step": run.step, "select_split": a.select_split,
+            "test_split": a.test_split, "num_test": len(test.labels),
+            "majority_test_accuracy": probes.majority_accuracy(train_sets[-1], test),
+            "features": _feature_description(config), "rows": rows}
+  result["path"] = os.path.join(workdir, "classification.json")
+  reporting.write_json_atomic(result["path"], result)
+  return result
+
+
+def _feature_description(config: Config) -> str:
+  a = config.analysis
+  if config.model.kind == "vae":
+    return "encoder means"
+  return (f"mean of {a.feature_chains} noiseless chains of {a.feature_steps} steps of size "
+          f"{a.feature_step_size}")
+
+
+def classification_table(result: dict) -> str:
+  lines = [f"linear classifier, features: {result['features']}; C chosen on "
+           f"{result['select_split']}, accuracy on {result['test_split']} "
+           f"({result['num_test']} sentences)",
+           f"{'labels':>8}  {'C':>8}  {'train':>6}  {result['select_split']:>6}  "
+           f"{result['test_split']:>6}"]
+  for row in result["rows"]:
+    lines.append(f"{row['num_labels']:>8}  {row['c']:>8.3g}  {row['train_accuracy']:>6.3f}  "
+                 f"{row['select_accuracy']:>6.3f}  {row['test_accuracy']:>6.3f}")
+  lines.append(f"majority class on {result['test_split']}: "
+               f"{result['majority_test_accuracy']:.3f}")
+  return "\n".join(lines)
+
+
+def cluster(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
+  """PCA to 4 dimensions and a Gaussian mixture on config.analysis.split's features; written
+  to WORKDIR/cluster_<split>.json."""
+  data = features(config, run, config.analysis.split, workdir)
+  result = {"checkpoint_step": run.step, "features": _feature_description(config),
+            **probes.cluster(data, seed=config.analysis.seed)}
+  result["path"] = os.path.join(workdir, f"cluster_{data.name}.json")
+  reporting.write_json_atomic(result["path"], result)
+  return result
+
+
+def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return "\n".join(lines), path
+
+
 def run_mode(mode: str, config: Config, workdir: str) -> tuple[str, str]:
   """Runs an analysis mode on a trained workdir; returns (what to print, the file written)."""
   run = evaluate.restore_trained(config, workdir)
   a = config.analysis
   if mode == "sample":
-    lines = sample_prior(config, run)
-    path = os.path.join(workdir, "samples.txt")
-  elif mode == "reconstruct":
+    return _write_lines(os.path.join(workdir, "samples.txt"), sample_prior(config, run))
+  if mode == "reconstruct":
     if a.input_file:
       texts = _read_lines(a.input_file, "--config.analysis.input_file")
     else:
-      if a.split not in run.corpus.splits:
-        raise ConfigError(f"--config.analysis.split: unknown split {a.split!r}; "
-                          f"{config.data.corpus} has {sorted(run.corpus.splits)}.")
-      split = run.corpus.splits[a.split]
+      split = _split(config, run, a.split, "split")
       texts = [run.corpus.vocab.decode(s) for s in split.sentences[:a.max_sentences]]
     outputs = reconstruct(config, run, texts)
-    lines = [f"{x}\t{y}" for x, y in zip(texts, outputs)]
-    path = os.path.join(workdir, "reconstructions.tsv")
-  elif mode == "interpolate":
+    return _write_lines(os.path.join(workdir, "reconstructions.tsv"),
+                        [f"{x}\t{y}" for x, y in zip(texts, outputs)])
+  if mode == "interpolate":
     pairs = _pairs(config)
     lines = []
     for (first, second), decoded in zip(pairs, interpolate(config, run, pairs)):
       lines += [f"# {first} | {second}"] + decoded + [""]
-    path = os.path.join(workdir, "interpolations.txt")
-  else:
-    raise ValueError(mode)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  return "\n".join(lines), path
+    return _write_lines(os.path.join(workdir, "interpolations.txt"), lines)
+  if mode == "features":
+    return _features_mode(config, run, workdir)
+  if mode == "classify":
+    result = classify(config, run, workdir)
+    return classification_table(result), result["path"]
+  if mode == "cluster":
+    result = cluster(config, run, workdir)
+    return (f"PCA to {result['pca_dims']} dimensions + {result['num_clusters']}-component "
+            f"Gaussian mixture on {result['split']} ({result['num_sentences']} sentences, "
+            f"features: {result['features']}): accuracy {result['accuracy']:.4f} under the "
+            "best cluster-to-label mapping", result["path"])
+  raise ValueError(mode)

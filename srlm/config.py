@@ -129,7 +129,7 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class AnalysisConfig:
-  """`--mode=sample|reconstruct|interpolate` (SRI_SPEC §6)."""
+  """`--mode=sample|reconstruct|interpolate|features|classify|cluster` (SRI_SPEC §6)."""
   # Decoding: temperature 0 is greedy; top_k > 0 samples among the k likeliest words.
   temperature: float = 0.0
   top_k: int = 0
@@ -144,6 +144,21 @@ class AnalysisConfig:
   pair: str = ""
   pairs_file: str = ""
   num_points: int = 7
+  # Sentences per jitted posterior call (reconstruct, interpolate, features).
+  batch_size: int = 64
+  # features, classify, cluster: a sentence's features are the mean of feature_chains
+  # noiseless (T = 0) chains of feature_steps steps of size feature_step_size (the paper's
+  # protocol: 200, 40, 0.4); a VAE's are its encoder means. features and cluster use `split`.
+  feature_chains: int = 200
+  feature_steps: int = 40
+  feature_step_size: float = 0.4
+  # classify: a linear classifier is trained on each of label_splits, its L2 strength chosen
+  # on select_split, and its accuracy reported on test_split (the labelled splits of
+  # launch/short_yelp.flags).
+  label_splits: tuple[str, ...] = ("train_100", "train_500", "train_1000", "train_2000",
+                                   "train_10000")
+  select_split: str = "valid"
+  test_split: str = "test"
   seed: int = 0
 
 
@@ -227,6 +242,11 @@ def validate(config: Config) -> Config:
   _check(a.num_samples >= 1, "analysis.num_samples", "must be >= 1")
   _check(a.max_sentences >= 1, "analysis.max_sentences", "must be >= 1")
   _check(2 <= a.num_points, "analysis.num_points", "must be >= 2 (the two ends)")
+  _check(a.batch_size >= 1, "analysis.batch_size", "must be >= 1")
+  _check(a.feature_chains >= 1, "analysis.feature_chains", "must be >= 1")
+  _check(a.feature_steps >= 1, "analysis.feature_steps", "must be >= 1")
+  _check(a.feature_step_size > 0, "analysis.feature_step_size", "must be > 0")
+  _check(len(a.label_splits) >= 1, "analysis.label_splits", "needs at least one split")
   return config
 
 

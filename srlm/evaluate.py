@@ -189,9 +189,30 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
   return jax.jit(sri_step)
 
 
-def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None = None):
+class ChainSettings(NamedTuple):
+  """How posterior moments are estimated: num_chains chains with these step sizes and noise."""
+  num_chains: int
+  step_sizes: tuple[float, ...]
+  temperature: float
+
+
+def posterior_chains(config: Config) -> ChainSettings:
+  """The S chains of AU and MI (SRI_SPEC §4): the eval chain with eval noise."""
+  return ChainSettings(config.eval.num_posterior_chains, config_lib.step_sizes(config.langevin),
+                       config.langevin.eval_temperature)
+
+
+def feature_chains(config: Config) -> ChainSettings:
+  """The chains of the classification features (SRI_SPEC §6): noiseless, constant step."""
+  a = config.analysis
+  return ChainSettings(a.feature_chains, (a.feature_step_size,) * a.feature_steps, 0.0)
+
+
+def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None = None,
+                        chains: ChainSettings | None = None):
   """Jitted (params, batch, rng) -> the posterior's mean and variance (B, D): the moments of
-  S = config.eval.num_posterior_chains short-run chains (sri), or q(z | x) itself (vae)."""
+  `chains` (default: posterior_chains(config)) short-run chains per sentence (sri), or
+  q(z | x) itself (vae)."""
   if config.model.kind == "vae":
     def vae_posterior(params, batch, rng):
       del rng
@@ -200,9 +221,10 @@ def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None 
       return mean, jnp.exp(logvar)
     return jax.jit(vae_posterior)
 
-  step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
-  temperature = jnp.float32(config.langevin.eval_temperature)
-  num_chains = config.eval.num_posterior_chains
+  chains = chains or posterior_chains(config)
+  step_sizes_K = jnp.asarray(chains.step_sizes, jnp.float32)
+  temperature = jnp.float32(chains.temperature)
+  num_chains = chains.num_chains
 
   def sri_posterior(params, batch, rng):
     z_SxBxD = jax.lax.map(

@@ -21,12 +21,15 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints; an existing "
     "run there is resumed.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "sample", "reconstruct", "interpolate"],
-    "train: train or resume the run in --workdir. The others restore its latest checkpoint "
-    "with the run's config.json and any --config.* flags given on top: eval writes "
-    "eval_<split>.json (importance-sampled NLL/PPL, KL, MI, AU, REC); sample writes "
-    "samples.txt (prior samples); reconstruct writes reconstructions.tsv; interpolate writes "
-    "interpolations.txt (see --config.analysis.*).")
+    "mode", "train",
+    ["train", "eval", "sample", "reconstruct", "interpolate", "features", "classify", "cluster"],
+    "train: train or resume the run in --workdir (training_curves.png is redrawn each epoch). "
+    "The others restore its latest checkpoint with the run's config.json and any --config.* "
+    "flags given on top: eval writes eval_<split>.json (importance-sampled NLL/PPL, KL, MI, "
+    "AU, REC); sample writes samples.txt (prior samples); reconstruct writes "
+    "reconstructions.tsv; interpolate writes interpolations.txt; features writes "
+    "features_<split>.npy, labels_<split>.npy and features_<split>.png; classify writes "
+    "classification.json; cluster writes cluster_<split>.json (see --config.analysis.*).")
 
 EXIT_USER_ERROR = 2
 

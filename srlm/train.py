@@ -32,6 +32,7 @@ from srlm import evaluate
 from srlm import inference
 from srlm import langevin
 from srlm import objectives
+from srlm import plots
 from srlm import reporting
 from srlm.checkpointing import Checkpointer
 from srlm.config import Config
@@ -346,8 +347,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   state = create_train_state(config, model, init_rng, encoder)
   checkpointer = Checkpointer(workdir, config)
   try:
-    return _train_loop(config, workdir, corpus, model, encoder, state, eval_rng, train_rng,
-                       checkpointer)
+    result = _train_loop(config, workdir, corpus, model, encoder, state, eval_rng, train_rng,
+                         checkpointer)
+    plots.training_curves(workdir)
+    return result
   finally:
     # Also on errors: Orbax's background threads must not outlive the interpreter's exit.
     checkpointer.close()
@@ -463,6 +466,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
                    f" | AU {valid['au']} MI {valid['mi']:.3f}" if "au" in valid else "")
       result["valid"] = valid
       checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
+      plots.training_curves(workdir)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
   return {**result, "step": step}

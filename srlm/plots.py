@@ -1,0 +1,86 @@
+"""PNG figures written into the workdir: training curves and 2-D projections of features.
+
+Uses matplotlib's object API (Figure, no pyplot), so no display or global backend is needed.
+"""
+
+import json
+import os
+
+import numpy as np
+
+# Per-kind second panel of the training curves: (metrics key, axis label).
+_SECOND_PANEL = (("kl_per_sentence", "KL per sentence"),
+                 ("z_distance", "|z_K - z_0| (chain travel)"))
+
+
+def _read_metrics(path: str) -> list[dict]:
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:  # a line cut short by a crash; the rest is still worth plotting
+        continue
+  return records
+
+
+def training_curves(workdir: str) -> str | None:
+  """WORKDIR/training_curves.png from metrics.jsonl: training NLL per token and validation
+  reconstruction per token against the step, and the KL (VAE) or the chain's travel (SRI).
+  Returns the path, or None when there are no metrics yet."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(metrics_path):
+    return None
+  records = _read_metrics(metrics_path)
+  train = [r for r in records if r.get("split") == "train"]
+  valid = [r for r in records if r.get("split") == "valid"]
+  if not train:
+    return None
+  second = next(((key, label) for key, label in _SECOND_PANEL if key in train[-1]), None)
+  figure = Figure(figsize=(10 if second else 5.5, 4), layout="constrained")
+  axes = figure.subplots(1, 2 if second else 1, squeeze=False)[0]
+  axes[0].plot([r["step"] for r in train], [r["nll_per_token"] for r in train],
+               label="train NLL/token (at the chain's end)")
+  if valid:
+    axes[0].plot([r["step"] for r in valid], [r["rec_per_token"] for r in valid], "o-",
+                 label="valid REC/token")
+  axes[0].set(xlabel="step", ylabel="nats per token")
+  axes[0].legend()
+  if second:
+    key, label = second
+    axes[1].plot([r["step"] for r in train], [r[key] for r in train], label=f"train {label}")
+    if valid and key in valid[-1]:
+      axes[1].plot([r["step"] for r in valid], [r[key] for r in valid], "o-",
+                   label=f"valid {label}")
+    axes[1].set(xlabel="step", ylabel=label)
+    axes[1].legend()
+  path = os.path.join(workdir, "training_curves.png")
+  figure.savefig(path, dpi=100)
+  return path
+
+
+def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str,
+                       title: str) -> str:
+  """A scatter plot of the features' first two principal components, coloured by label
+  (grey when unlabelled)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  centred = features_NxD - features_NxD.mean(axis=0)
+  # Principal directions from the SVD; a 1-D code is plotted against zero.
+  _, _, directions = np.linalg.svd(centred, full_matrices=False)
+  projected = centred @ directions[:2].T
+  if projected.shape[1] == 1:
+    projected = np.concatenate([projected, np.zeros_like(projected)], axis=1)
+  figure = Figure(figsize=(5.5, 5), layout="constrained")
+  axes = figure.subplots()
+  if np.all(labels_N < 0):
+    axes.scatter(projected[:, 0], projected[:, 1], s=4, c="grey", alpha=0.5)
+  else:
+    for label in np.unique(labels_N):
+      rows = labels_N == label
+      axes.scatter(projected[rows, 0], projected[rows, 1], s=4, alpha=0.5,
+                   label=f"label {label}")
+    axes.legend(markerscale=3)
+  axes.set(xlabel="principal component 1", ylabel="principal component 2", title=title)
+  figure.savefig(path, dpi=100)
+  return path
