@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm.auto
 from flax import struct
 
 from srlm import checkpointing
@@ -325,11 +326,13 @@ def _kind_summary(summary: dict[str, float]) -> str:
   return "lm"
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
+                       ) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
 
   status is "completed", "max_steps" (stopped at --config.train.max_steps), or "preempted"
-  (a signal arrived; a checkpoint was saved and `signal` holds its number).
+  (a signal arrived; a checkpoint was saved and `signal` holds its number). `progress_bar`
+  shows a tqdm bar over the run's steps (in notebooks, beside the log lines).
   """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
@@ -348,7 +351,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   checkpointer = Checkpointer(workdir, config)
   try:
     result = _train_loop(config, workdir, corpus, model, encoder, state, eval_rng, train_rng,
-                         checkpointer)
+                         checkpointer, progress_bar)
     plots.training_curves(workdir)
     return result
   finally:
@@ -384,7 +387,8 @@ def aggressive_encoder_updates(encoder_step, state: TrainState, split: pipeline.
 
 def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: Decoder,
                 encoder: Encoder | None, state: TrainState, eval_rng: jax.Array,
-                train_rng: jax.Array, checkpointer: Checkpointer) -> dict[str, Any]:
+                train_rng: jax.Array, checkpointer: Checkpointer,
+                progress_bar: bool = False) -> dict[str, Any]:
   train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
   restored = checkpointer.restore(checkpointing.abstract(state))
   position = {"epoch": 0, "batch": 0}
@@ -412,7 +416,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
 
   pending: list[dict[str, jax.Array]] = []
   run_start, window_start, window_step = time.time(), time.time(), step
-  with StopOnSignal() as stop:
+  bar = tqdm.auto.tqdm(total=total_steps, initial=step, unit="step", disable=not progress_bar)
+  with StopOnSignal() as stop, bar:
     for epoch in range(position["epoch"], tcfg.num_epochs):
       plan = pipeline.epoch_plan(train_split, config.data, tcfg.seed, epoch)
       start = position["batch"] if epoch == position["epoch"] else 0
@@ -431,6 +436,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
             metrics = {**metrics, "encoder_steps": 1}
         pending.append(metrics)
         step += 1
+        bar.update(1)
         next_position = {"epoch": epoch, "batch": index + 1}
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
         if step % tcfg.log_every_steps == 0 or done_with_run or stop.signum is not None:
@@ -445,6 +451,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
               summary["nll_per_token"], summary["ppl"], _kind_summary(summary), rate,
               reporting.format_seconds((len(plan) - index - 1) / rate),
               reporting.format_seconds((total_steps - step) / rate))
+          bar.set_postfix(epoch=epoch + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
           pending, window_start, window_step = [], now, step
         if step % tcfg.checkpoint_every_steps == 0:
           checkpointer.save(step, state, next_position)
