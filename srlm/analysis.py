@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from srlm import evaluate
+from srlm import parallel
 from srlm import plots
 from srlm import probes
 from srlm import reporting
@@ -55,16 +56,18 @@ def split_posterior_means(config: Config, run: evaluate.TrainedRun, split: pipel
   """The posterior mean code (N, D) of each sentence of `split`, in order, from `chains`
   (default: the eval chains), config.analysis.batch_size sentences per call. Deterministic
   given config.analysis.seed."""
-  step = evaluate.make_posterior_step(config, run.model, run.encoder, chains)
+  mesh = parallel.make_mesh(config.parallel.num_devices)
   batch_size = config.analysis.batch_size
+  parallel.check_batch_size(batch_size, mesh, "analysis.batch_size")
+  step = evaluate.make_posterior_step(config, run.model, run.encoder, chains, mesh)
   plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
   means = np.zeros((len(split), run.model.latent_dim), np.float32)
   rng = jax.random.key(config.analysis.seed)
   start = time.time()
-  for i, (indices, batch) in enumerate(zip(plan.indices, pipeline.iterate(split, plan,
-                                                                          batch_size))):
-    mean, _ = step(run.params, batch, jax.random.fold_in(rng, i))
-    means[indices] = np.asarray(mean)[:len(indices)]
+  for i, (indices, batch) in enumerate(zip(plan.indices, parallel.batches(split, plan,
+                                                                          batch_size, mesh))):
+    mean, _ = parallel.to_host(step(run.params, batch, jax.random.fold_in(rng, i)))
+    means[indices] = mean[:len(indices)]
     if len(plan) > 10 and ((i + 1) % 10 == 0 or i + 1 == len(plan)):
       elapsed = time.time() - start
       logging.info("posterior means of %s: %d/%d batches | ETA %s", split.name, i + 1,
@@ -145,6 +148,8 @@ def _split(config: Config, run: evaluate.TrainedRun, name: str, flag: str) -> pi
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
+  if not parallel.is_writer():
+    return
   with open(f"{path}.tmp", "wb") as f:
     np.save(f, array)
   os.replace(f"{path}.tmp", path)
@@ -255,8 +260,9 @@ def cluster(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
 
 
 def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  if parallel.is_writer():
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
   return "\n".join(lines), path
 
 

@@ -59,6 +59,9 @@ class ModelConfig:
   latent_dim: int = 32
   dropout: float = 0.5
   init_scale: float = 0.1  # every parameter ~ U(-init_scale, init_scale)
+  # "bfloat16": the decoder's and encoder's matmuls take bf16 inputs and accumulate in f32;
+  # parameters, chain states, softmax and losses stay f32 (for GPU/TPU; see benchmarks/).
+  compute_dtype: str = "float32"
 
 
 @dataclasses.dataclass
@@ -163,6 +166,14 @@ class AnalysisConfig:
 
 
 @dataclasses.dataclass
+class ParallelConfig:
+  """Data parallelism (srlm.parallel): batches are split across the devices of a 1-D mesh."""
+  # 0: every device of every process; else the first N devices (one process only). The batch
+  # sizes (data, eval, analysis) must be multiples of it.
+  num_devices: int = 0
+
+
+@dataclasses.dataclass
 class Config:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -171,12 +182,14 @@ class Config:
   vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 CORPORA = ("ptb", "yahoo", "yelp", "snli", "short_yelp")
 KINDS = ("sri", "lm", "vae")
 GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _check(ok: bool, flag: str, message: str):
@@ -204,6 +217,8 @@ def validate(config: Config) -> Config:
   _check(m.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {m.latent_dim}")
   _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   _check(m.init_scale > 0, "model.init_scale", f"must be > 0, got {m.init_scale}")
+  _check(m.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
+         f"must be one of {COMPUTE_DTYPES}, got {m.compute_dtype!r}")
   _check(l.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {l.num_steps}")
   _check(len(l.step_sizes) >= 1 and all(s > 0 for s in l.step_sizes), "langevin.step_sizes",
          f"needs at least one positive value, got {l.step_sizes}")
@@ -247,6 +262,7 @@ def validate(config: Config) -> Config:
   _check(a.feature_steps >= 1, "analysis.feature_steps", "must be >= 1")
   _check(a.feature_step_size > 0, "analysis.feature_step_size", "must be > 0")
   _check(len(a.label_splits) >= 1, "analysis.label_splits", "needs at least one split")
+  _check(config.parallel.num_devices >= 0, "parallel.num_devices", "must be >= 0 (0: all)")
   return config
 
 

@@ -44,6 +44,7 @@ from srlm import config as config_lib
 from srlm import inference
 from srlm import langevin
 from srlm import objectives
+from srlm import parallel
 from srlm import reporting
 from srlm.config import Config
 from srlm.data import pipeline
@@ -133,7 +134,13 @@ def nll_from_log_weights(log_w_MxB: jax.Array) -> jax.Array:
   return -(jax.nn.logsumexp(log_w_MxB, axis=0) - math.log(log_w_MxB.shape[0]))
 
 
-def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None):
+def _jit(fn, mesh: jax.sharding.Mesh | None):
+  """jit, with outputs replicated on `mesh` when given (sentences come sharded over it)."""
+  return parallel.jit_replicated(fn, mesh) if mesh is not None else jax.jit(fn)
+
+
+def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None,
+                  mesh: jax.sharding.Mesh | None = None):
   """Jitted (params, batch, rng) -> per-sentence nll, kl, rec (B,) for config.model.kind.
 
   sri: M short-run chains with the exact log-det. vae: M samples of q(z | x) (importance-
@@ -147,7 +154,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
       z_Bx0 = jnp.zeros((batch["targets"].shape[0], 0), jnp.float32)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_Bx0, batch, None)
       return {"nll": nll_B, "kl": jnp.zeros_like(nll_B), "rec": nll_B}
-    return jax.jit(lm_step)
+    return _jit(lm_step, mesh)
 
   if kind == "vae":
     def vae_step(params, batch, rng):
@@ -166,7 +173,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
       return {"nll": nll_from_log_weights(log_w_MxB),
               "kl": jnp.sum(objectives.gaussian_kl(mean_BxD, logvar_BxD), axis=-1),
               "rec": -jnp.mean(log_lik_MxB, axis=0)}
-    return jax.jit(vae_step)
+    return _jit(vae_step, mesh)
 
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   temperature = jnp.float32(config.langevin.eval_temperature)
@@ -186,7 +193,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
             "kl": jnp.mean(parts["log_q"] - parts["log_prior"], axis=0),
             "rec": -jnp.mean(parts["log_likelihood"], axis=0)}
 
-  return jax.jit(sri_step)
+  return _jit(sri_step, mesh)
 
 
 class ChainSettings(NamedTuple):
@@ -209,7 +216,8 @@ def feature_chains(config: Config) -> ChainSettings:
 
 
 def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None = None,
-                        chains: ChainSettings | None = None):
+                        chains: ChainSettings | None = None,
+                        mesh: jax.sharding.Mesh | None = None):
   """Jitted (params, batch, rng) -> the posterior's mean and variance (B, D): the moments of
   `chains` (default: posterior_chains(config)) short-run chains per sentence (sri), or
   q(z | x) itself (vae)."""
@@ -219,7 +227,7 @@ def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None 
       mean, logvar = encoder.apply({"params": params["encoder"]}, batch["targets"],
                                    batch["mask"])
       return mean, jnp.exp(logvar)
-    return jax.jit(vae_posterior)
+    return _jit(vae_posterior, mesh)
 
   chains = chains or posterior_chains(config)
   step_sizes_K = jnp.asarray(chains.step_sizes, jnp.float32)
@@ -233,7 +241,7 @@ def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None 
         jax.random.split(rng, num_chains))
     return jnp.mean(z_SxBxD, axis=0), jnp.var(z_SxBxD, axis=0)
 
-  return jax.jit(sri_posterior)
+  return _jit(sri_posterior, mesh)
 
 
 def active_units(posterior_means_NxD: np.ndarray, threshold: float = AU_THRESHOLD) -> int:
@@ -266,10 +274,6 @@ def mutual_information(means_NxD: np.ndarray, variances_NxD: np.ndarray, rng: ja
   return float(neg_entropy - np.mean(log_qz))
 
 
-def _real_rows(batch) -> np.ndarray:
-  return np.asarray(batch["mask"]).sum(axis=1) > 0
-
-
 def latent_statistics(config: Config, model: Decoder, params, split: pipeline.Split,
                       rng: jax.Array, batch_size: int,
                       encoder: Encoder | None = None) -> dict[str, Any]:
@@ -277,14 +281,17 @@ def latent_statistics(config: Config, model: Decoder, params, split: pipeline.Sp
   if config.model.kind == "lm":
     return {"au": 0, "mi": 0.0, "posterior_mean_variance": []}
   chains_rng, mi_rng = jax.random.split(rng)
-  step = make_posterior_step(config, model, encoder)
+  mesh = parallel.make_mesh(config.parallel.num_devices)
+  parallel.check_batch_size(batch_size, mesh, "eval.batch_size")
+  step = make_posterior_step(config, model, encoder, mesh=mesh)
   plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
   means, variances = [], []
-  for i, batch in enumerate(pipeline.iterate(split, plan, batch_size)):
-    mean, var = jax.device_get(step(params, batch, jax.random.fold_in(chains_rng, i)))
-    rows = _real_rows(batch)
-    means.append(mean[rows])
-    variances.append(var[rows])
+  for i, batch in enumerate(parallel.batches(split, plan, batch_size, mesh)):
+    mean, var = parallel.to_host(step(params, batch, jax.random.fold_in(chains_rng, i)))
+    # A batch's sentences fill its first rows; the rest is padding.
+    num_real = len(plan.indices[i])
+    means.append(mean[:num_real])
+    variances.append(var[:num_real])
   means, variances = np.concatenate(means), np.concatenate(variances)
   return {"au": active_units(means),
           "mi": mutual_information(means, variances, mi_rng),
@@ -310,16 +317,18 @@ def evaluate_split(config: Config, model: Decoder, params, split: pipeline.Split
   if ecfg.max_sentences and ecfg.max_sentences < len(split):
     split = split.head(ecfg.max_sentences)
   nll_rng, latent_rng = jax.random.split(rng)
-  nll_step = make_nll_step(config, model, encoder)
+  mesh = parallel.make_mesh(config.parallel.num_devices)
+  parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
+  nll_step = make_nll_step(config, model, encoder, mesh)
   plan = pipeline.plan_batches(split, config.data.buckets, ecfg.batch_size)
   totals = {"nll": 0.0, "kl": 0.0, "rec": 0.0}
   done, start = 0, time.time()
-  for i, batch in enumerate(pipeline.iterate(split, plan, ecfg.batch_size)):
-    out = jax.device_get(nll_step(params, batch, jax.random.fold_in(nll_rng, i)))
-    rows = _real_rows(batch)
+  for i, batch in enumerate(parallel.batches(split, plan, ecfg.batch_size, mesh)):
+    out = parallel.to_host(nll_step(params, batch, jax.random.fold_in(nll_rng, i)))
+    num_real = len(plan.indices[i])  # the batch's first rows; the rest is padding
     for key in totals:
-      totals[key] += float(np.sum(out[key][rows]))
-    done += int(rows.sum())
+      totals[key] += float(np.sum(out[key][:num_real]))
+    done += num_real
     if i == 0 or (i + 1) % 10 == 0 or done == len(split):
       elapsed = time.time() - start
       logging.info("eval %s: %d/%d sentences, NLL/sentence so far %.2f | ETA %s",
@@ -371,8 +380,9 @@ def restore_trained(config: Config, workdir: str) -> TrainedRun:
   model = make_decoder(config.model, len(corpus.vocab))
   encoder = make_encoder(config.model, len(corpus.vocab))
   # train imports this module (for per-epoch latent metrics); import it here to avoid a cycle.
-  from srlm.train import create_train_state  # pylint: disable=import-outside-toplevel
-  state = create_train_state(config, model, jax.random.key(0), encoder)
+  from srlm.train import create_replicated_train_state  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh(config.parallel.num_devices)
+  state = create_replicated_train_state(config, model, jax.random.key(0), mesh, encoder)
   directory = checkpointing.checkpoint_dir(workdir)
   no_checkpoint = UserError(f"no checkpoint in {directory}: train first "
                             f"(python -m srlm.main --workdir={workdir} ...).")

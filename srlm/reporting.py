@@ -1,8 +1,13 @@
-"""Where results go and how progress reads: metrics.jsonl, atomic JSON files, durations."""
+"""Where results go and how progress reads: metrics.jsonl, atomic JSON files, durations.
+
+In a multi-process run only process 0 writes; the others' writes are no-ops.
+"""
 
 import json
 import os
 from typing import Any
+
+import jax
 
 
 class MetricWriter:
@@ -12,12 +17,16 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
 
   def write(self, record: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
 
 def write_json_atomic(path: str, value: Any) -> None:
   """Writes JSON to a temporary file and renames it: readers never see half a file."""
+  if jax.process_index() != 0:
+    return
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     json.dump(value, f, indent=2, sort_keys=True)

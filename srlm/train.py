@@ -33,6 +33,7 @@ from srlm import evaluate
 from srlm import inference
 from srlm import langevin
 from srlm import objectives
+from srlm import parallel
 from srlm import plots
 from srlm import reporting
 from srlm.checkpointing import Checkpointer
@@ -87,6 +88,15 @@ def create_train_state(config: Config, model: Decoder, rng: jax.Array,
   if encoder is not None:
     params["encoder"] = encoder.init(encoder_rng, tokens, jnp.ones((1, 2)))["params"]
   return TrainState.create(params, config)
+
+
+def create_replicated_train_state(config: Config, model: Decoder, rng: jax.Array,
+                                  mesh: jax.sharding.Mesh,
+                                  encoder: Encoder | None = None) -> TrainState:
+  """create_train_state, computed under jit straight into replicated arrays on the mesh (so
+  every process holds the same state without copying it between hosts)."""
+  return parallel.jit_replicated(
+      lambda key: create_train_state(config, model, key, encoder), mesh)(rng)
 
 
 def _sentence_mask(batch: Batch) -> jax.Array:
@@ -206,15 +216,19 @@ def train_step_fn(config: Config, model: Decoder, encoder: Encoder | None = None
 
 
 def make_train_step(config: Config, model: Decoder, encoder: Encoder | None = None,
-                    steps_per_epoch: int = 1, parts: tuple[str, ...] = ("encoder", "decoder")):
-  """The jitted train step; it compiles once per length bucket."""
-  return jax.jit(train_step_fn(config, model, encoder, steps_per_epoch, parts))
+                    steps_per_epoch: int = 1, parts: tuple[str, ...] = ("encoder", "decoder"),
+                    mesh: jax.sharding.Mesh | None = None):
+  """The jitted train step; it compiles once per length bucket. With a mesh, the state and
+  metrics it returns are replicated on it (batches come sharded, see srlm.parallel)."""
+  fn = train_step_fn(config, model, encoder, steps_per_epoch, parts)
+  return parallel.jit_replicated(fn, mesh) if mesh is not None else jax.jit(fn)
 
 
-def make_eval_step(config: Config, model: Decoder, encoder: Encoder | None = None):
+def make_eval_step(config: Config, model: Decoder, encoder: Encoder | None = None,
+                   mesh: jax.sharding.Mesh | None = None):
   """Jitted `eval_step(state, batch, rng) -> sums` for the per-epoch validation, dropout off:
   REC = -log p(x | z) with z from the chain at the evaluation T (sri), from q(z | x) with the
-  closed-form KL (vae), or the exact NLL (lm, no z)."""
+  closed-form KL (vae), or the exact NLL (lm, no z). Outputs replicated on `mesh` if given."""
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   kind = config.model.kind
 
@@ -236,11 +250,12 @@ def make_eval_step(config: Config, model: Decoder, encoder: Encoder | None = Non
     nll_B = -objectives.decoder_log_likelihood(model, params, z, batch, None)
     return {"rec_sum": jnp.sum(nll_B), **sums}
 
-  return jax.jit(eval_step)
+  return parallel.jit_replicated(eval_step, mesh) if mesh is not None else jax.jit(eval_step)
 
 
 def evaluate_reconstruction(eval_step, state: TrainState, split: pipeline.Split,
-                            config: Config, rng: jax.Array) -> dict[str, float]:
+                            config: Config, rng: jax.Array,
+                            mesh: jax.sharding.Mesh) -> dict[str, float]:
   """REC over a whole split: -log p(x | z_K) per token and per sentence, and exp(REC/token).
 
   This is a reconstruction perplexity (one chain per sentence), not the model's perplexity,
@@ -248,9 +263,9 @@ def evaluate_reconstruction(eval_step, state: TrainState, split: pipeline.Split,
   """
   plan = pipeline.plan_batches(split, config.data.buckets, config.data.batch_size)
   sums = []
-  for i, batch in enumerate(pipeline.iterate(split, plan, config.data.batch_size)):
+  for i, batch in enumerate(parallel.batches(split, plan, config.data.batch_size, mesh)):
     sums.append(eval_step(state, batch, jax.random.fold_in(rng, i)))
-  totals = {k: float(sum(s[k] for s in jax.device_get(sums))) for k in sums[0]}
+  totals = {k: float(sum(s[k] for s in parallel.to_host(sums))) for k in sums[0]}
   rec_per_token = totals["rec_sum"] / totals["num_tokens"]
   result = {"rec_per_token": rec_per_token, "rec_ppl": math.exp(rec_per_token),
             "rec_per_sentence": totals["rec_sum"] / totals["num_sentences"],
@@ -335,6 +350,8 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
   shows a tqdm bar over the run's steps (in notebooks, beside the log lines).
   """
   config_lib.validate(config)
+  mesh = parallel.make_mesh(config.parallel.num_devices)
+  parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
   os.makedirs(workdir, exist_ok=True)
   reporting.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
   corpus = pipeline.load_corpus(config.data)
@@ -347,12 +364,13 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
   model = make_decoder(config.model, len(corpus.vocab))
   encoder = make_encoder(config.model, len(corpus.vocab))
   init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.train.seed), 3)
-  state = create_train_state(config, model, init_rng, encoder)
+  state = create_replicated_train_state(config, model, init_rng, mesh, encoder)
   checkpointer = Checkpointer(workdir, config)
   try:
     result = _train_loop(config, workdir, corpus, model, encoder, state, eval_rng, train_rng,
-                         checkpointer, progress_bar)
-    plots.training_curves(workdir)
+                         checkpointer, mesh, progress_bar)
+    if parallel.is_writer():
+      plots.training_curves(workdir)
     return result
   finally:
     # Also on errors: Orbax's background threads must not outlive the interpreter's exit.
@@ -361,7 +379,7 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
 
 def aggressive_encoder_updates(encoder_step, state: TrainState, split: pipeline.Split,
                                plan: pipeline.BatchPlan, config: Config, rng: jax.Array,
-                               step: int) -> tuple[TrainState, int]:
+                               step: int, mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
   """He et al. 2019's inner loop: encoder-only updates on random batches of `plan` until the
   summed loss of a window of `aggressive_window` updates is no lower than the previous
   window's, or `aggressive_max_steps` updates. Returns the state and the number of updates.
@@ -373,8 +391,8 @@ def aggressive_encoder_updates(encoder_step, state: TrainState, split: pipeline.
   previous, current = math.inf, 0.0
   for update in range(1, vcfg.aggressive_max_steps + 1):
     index = int(choice.integers(len(plan)))
-    batch = pipeline.make_batch([split.sentences[j] for j in plan.indices[index]],
-                                plan.lengths[index], batch_size)
+    batch = parallel.global_batch([split.sentences[j] for j in plan.indices[index]],
+                                  plan.lengths[index], batch_size, mesh)
     batch["epoch"] = np.int32(0)
     state, metrics = encoder_step(state, batch, jax.random.fold_in(rng, update))
     current += float(metrics["loss"])
@@ -387,7 +405,7 @@ def aggressive_encoder_updates(encoder_step, state: TrainState, split: pipeline.
 
 def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: Decoder,
                 encoder: Encoder | None, state: TrainState, eval_rng: jax.Array,
-                train_rng: jax.Array, checkpointer: Checkpointer,
+                train_rng: jax.Array, checkpointer: Checkpointer, mesh: jax.sharding.Mesh,
                 progress_bar: bool = False) -> dict[str, Any]:
   train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
   restored = checkpointer.restore(checkpointing.abstract(state))
@@ -398,12 +416,12 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
                  int(state.step), position["epoch"] + 1, position["batch"])
   tcfg, batch_size = config.train, config.data.batch_size
   steps_per_epoch = len(pipeline.plan_batches(train_split, config.data.buckets, batch_size))
-  train_step = make_train_step(config, model, encoder, steps_per_epoch)
+  train_step = make_train_step(config, model, encoder, steps_per_epoch, mesh=mesh)
   if config.model.kind == "vae" and config.vae.aggressive_epochs:
-    encoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("encoder",))
-    decoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("decoder",))
+    encoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("encoder",), mesh)
+    decoder_step = make_train_step(config, model, encoder, steps_per_epoch, ("decoder",), mesh)
     inner_plan = pipeline.plan_batches(train_split, config.data.buckets, batch_size)
-  eval_step = make_eval_step(config, model, encoder)
+  eval_step = make_eval_step(config, model, encoder, mesh)
   writer = reporting.MetricWriter(workdir)
   step = int(state.step)
   result: dict[str, Any] = {"status": "completed"}
@@ -421,13 +439,13 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
     for epoch in range(position["epoch"], tcfg.num_epochs):
       plan = pipeline.epoch_plan(train_split, config.data, tcfg.seed, epoch)
       start = position["batch"] if epoch == position["epoch"] else 0
-      for index, batch in enumerate(pipeline.iterate(train_split, plan, batch_size, start),
-                                    start):
+      for index, batch in enumerate(parallel.batches(train_split, plan, batch_size, mesh,
+                                                     start), start):
         batch["epoch"] = np.int32(epoch)
         if config.model.kind == "vae" and epoch < config.vae.aggressive_epochs:
           state, encoder_updates = aggressive_encoder_updates(
               encoder_step, state, train_split, inner_plan, config,
-              jax.random.fold_in(train_rng, 1 << 30), step)
+              jax.random.fold_in(train_rng, 1 << 30), step, mesh)
           state, metrics = decoder_step(state, batch, train_rng)
           metrics = {**metrics, "encoder_steps": encoder_updates}
         else:
@@ -441,7 +459,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
         if step % tcfg.log_every_steps == 0 or done_with_run or stop.signum is not None:
           now = time.time()
-          summary = summarize_train(jax.device_get(pending))
+          summary = summarize_train(parallel.to_host(pending))
           rate = (step - window_step) / max(now - window_start, 1e-9)
           summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
           writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary})
@@ -460,7 +478,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
           checkpointer.wait()
           status = "preempted" if stop.signum is not None else "max_steps"
           return {"status": status, "signal": stop.signum, "step": step}
-      valid = evaluate_reconstruction(eval_step, state, valid_split, config, eval_rng)
+      valid = evaluate_reconstruction(eval_step, state, valid_split, config, eval_rng, mesh)
       if tcfg.epoch_latent_metrics:
         latent = evaluate.latent_statistics(config, model, state.params, valid_split,
                                             eval_rng, config.eval.batch_size, encoder)
@@ -473,7 +491,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, model: De
                    f" | AU {valid['au']} MI {valid['mi']:.3f}" if "au" in valid else "")
       result["valid"] = valid
       checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
-      plots.training_curves(workdir)
+      if parallel.is_writer():
+        plots.training_curves(workdir)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
   return {**result, "step": step}

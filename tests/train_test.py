@@ -34,7 +34,8 @@ def corpus(tfds_dir):
 def _first_batch(corpus, config):
   split = corpus.splits["train"]
   plan = pipeline.epoch_plan(split, config.data, config.train.seed, 0)
-  batch = next(pipeline.iterate(split, plan, config.data.batch_size))
+  batch = pipeline.make_batch([split.sentences[j] for j in plan.indices[0]], plan.lengths[0],
+                              config.data.batch_size)
   batch["epoch"] = np.int32(0)
   return batch
 

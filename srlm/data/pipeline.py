@@ -12,7 +12,7 @@ an epoch is a batch index, which the checkpoint stores.
 """
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from absl import logging
 import numpy as np
@@ -167,10 +167,3 @@ def epoch_plan(split: Split, config: DataConfig, seed: int, epoch: int) -> Batch
   """The training batches of `epoch` (0-based): a pure function of (seed, epoch)."""
   return plan_batches(split, config.buckets, config.batch_size,
                       np.random.default_rng([seed, epoch]))
-
-
-def iterate(split: Split, plan: BatchPlan, batch_size: int, start: int = 0) -> Iterator[Batch]:
-  """The batches of `plan` from position `start` on."""
-  for i in range(start, len(plan)):
-    yield make_batch([split.sentences[j] for j in plan.indices[i]], plan.lengths[i],
-                     batch_size)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from srlm import config as config_lib
+from srlm import parallel
 from srlm.data import pipeline
 from srlm.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, build_vocabulary
 
@@ -38,8 +39,10 @@ def test_batches_cover_every_sentence_once_with_fixed_shapes(corpus):
   seen = np.concatenate(plan.indices)
   assert sorted(seen.tolist()) == list(range(len(split)))
   shapes = set()
-  for batch, length, indices in zip(pipeline.iterate(split, plan, 32), plan.lengths,
+  mesh = parallel.make_mesh(1)
+  for batch, length, indices in zip(parallel.batches(split, plan, 32, mesh), plan.lengths,
                                     plan.indices):
+    batch = {name: np.asarray(value) for name, value in batch.items()}
     shapes.add(batch["inputs"].shape)
     assert batch["inputs"].shape == batch["targets"].shape == batch["mask"].shape
     assert batch["inputs"].shape == (32, length - 1)
