@@ -376,7 +376,7 @@ def restore_trained(config: Config, workdir: str) -> TrainedRun:
   """Loads the corpus and the workdir's latest checkpoint, read-only. Raises UserError when
   there is no checkpoint or it does not fit the config."""
   config_lib.validate(config)
-  corpus = pipeline.load_corpus(config.data)
+  corpus = parallel.load_corpus(config.data)
   model = make_decoder(config.model, len(corpus.vocab))
   encoder = make_encoder(config.model, len(corpus.vocab))
   # train imports this module (for per-epoch latent metrics); import it here to avoid a cycle.

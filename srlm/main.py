@@ -31,6 +31,11 @@ _MODE = flags.DEFINE_enum(
     "features_<split>.npy, labels_<split>.npy and features_<split>.png; classify writes "
     "classification.json; cluster writes cluster_<split>.json (see --config.analysis.*).")
 
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Start JAX's multi-process runtime (jax.distributed.initialize()) "
+    "before anything else: one process per host (or per GPU), all running the same command. "
+    "The launchers in launch/ set SRLM_DISTRIBUTED=1, which does the same.")
+
 EXIT_USER_ERROR = 2
 
 
@@ -70,15 +75,23 @@ def main(argv: list[str]) -> None:
   # Imported here to keep `--help` fast.
   from srlm import analysis  # pylint: disable=import-outside-toplevel
   from srlm import evaluate  # pylint: disable=import-outside-toplevel
+  from srlm import parallel  # pylint: disable=import-outside-toplevel
   from srlm import train  # pylint: disable=import-outside-toplevel
+  if parallel.distributed_requested(_DISTRIBUTED.value):
+    parallel.initialize_distributed()
+    if not parallel.is_writer():
+      logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
   try:
     if _MODE.value != "train":
       config = config_lib.load_run_config(_WORKDIR.value, _given_config_overrides())
       if _MODE.value == "eval":
-        _print_eval(evaluate.evaluate_workdir(config, _WORKDIR.value))
+        result = evaluate.evaluate_workdir(config, _WORKDIR.value)
+        if parallel.is_writer():
+          _print_eval(result)
       else:
         text, path = analysis.run_mode(_MODE.value, config, _WORKDIR.value)
-        print(f"{text}\n(written to {path})")
+        if parallel.is_writer():
+          print(f"{text}\n(written to {path})")
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

@@ -52,14 +52,25 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def load_corpus(config) -> pipeline.Corpus:
+  """pipeline.load_corpus, with process 0 preparing the TFDS data first and the others
+  reading it after a barrier (several processes preparing one directory would collide)."""
+  if jax.process_count() == 1:
+    return pipeline.load_corpus(config)
+  corpus = pipeline.load_corpus(config) if is_writer() else None
+  multihost_utils.sync_global_devices("srlm: corpus prepared")
+  return corpus or pipeline.load_corpus(config)
+
+
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   """A 1-D mesh over the first num_devices devices (0: all devices of all processes)."""
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices) or (jax.process_count() > 1 and num_devices != len(devices)):
-      raise ConfigError(f"--config.parallel.num_devices={num_devices}: this run has "
-                        f"{len(devices)} devices in {jax.process_count()} process(es); use 0 "
-                        "(all) or, in a single process, a number up to that.")
+      raise ConfigError(f"--config.parallel.num_devices={num_devices}: asks for more than "
+                        f"or part of the {len(devices)} devices of this run's "
+                        f"{jax.process_count()} process(es); use 0 (all) or, in a single "
+                        "process, a number up to that.")
     devices = devices[:num_devices]
   return jax.make_mesh((len(devices),), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)

@@ -354,7 +354,7 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
   os.makedirs(workdir, exist_ok=True)
   reporting.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
-  corpus = pipeline.load_corpus(config.data)
+  corpus = parallel.load_corpus(config.data)
   train_split = corpus.splits["train"]
   if not len(train_split):
     raise config_lib.ConfigError(

@@ -1,0 +1,114 @@
+"""Data parallelism: sharded equals single-device, and a real 2-process run on localhost."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from srlm import config as config_lib
+from srlm import evaluate
+from srlm import parallel
+from srlm.data import pipeline
+from srlm.errors import ConfigError
+
+from conftest import REPO
+
+
+def _env(**extra) -> dict[str, str]:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+  env.update(extra)
+  return env
+
+
+def test_eight_sharded_devices_compute_what_one_device_does(tfds_dir):
+  """Two SRI train steps (params replicated, 16 sentences as 2 per device) and the whole
+  evaluation (log-det NLL, KL, REC, AU, MI) on 8 forced CPU devices against one device."""
+  process = subprocess.run(
+      [sys.executable, str(REPO / "tests" / "multidevice_check.py"), tfds_dir],
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), capture_output=True,
+      text=True, timeout=600, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  diffs = json.loads(process.stdout.strip().splitlines()[-1])
+  # The comparison is between really sharded and unsharded computations.
+  assert diffs["batch_devices"] == 8 and diffs["batch_shard_rows"] == 2
+  assert diffs["params_replicated"]
+  assert diffs["initial_params"] == 0.0
+  # Same keys and batch: only the order of float sums may differ (measured: 5e-8 and 0).
+  for step in (1, 2):
+    assert diffs[f"step{step}_loss"] <= 1e-5
+    assert diffs[f"step{step}_params"] <= 1e-6
+  for key in ("nll", "kl", "rec", "mi"):
+    assert diffs[f"eval_{key}"] <= 1e-4 * max(1.0, abs(diffs["eval_nll_value"]))
+  assert diffs["eval_au_equal"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _train(workdir: str, tfds_dir: str, max_steps: int, num_processes: int) -> list[str]:
+  command = [sys.executable, "-m", "srlm.main", "--flagfile=launch/ptb_tiny.flags",
+             f"--workdir={workdir}", f"--config.data.dir={tfds_dir}",
+             "--config.data.max_train_sentences=256", "--config.data.max_eval_sentences=32",
+             f"--config.train.max_steps={max_steps}", "--config.train.log_every_steps=1"]
+  port = _free_port()
+  processes = [subprocess.Popen(
+      command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=_env(SRLM_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
+      if num_processes > 1 else _env()) for i in range(num_processes)]
+  logs = [p.communicate(timeout=600)[0] for p in processes]
+  for i, (process, log) in enumerate(zip(processes, logs)):
+    assert process.returncode == 0, f"process {i}:\n{log[-3000:]}"
+  return logs
+
+
+def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, tmp_path):
+  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+                                  f"--config.data.dir={tfds_dir}",
+                                  "--config.data.max_train_sentences=256",
+                                  "--config.data.max_eval_sentences=32"])
+  pipeline.load_corpus(config.data)  # prepared once, before the processes start
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  first = _train(two, tfds_dir, 3, num_processes=2)
+  assert "Process 0 of 2; 1 local and 2 global devices" in first[0]
+  resumed = _train(two, tfds_dir, 5, num_processes=2)
+  assert "Resumed from" in resumed[0] and "at step 3" in resumed[0]
+  # Only process 0 logs at INFO and writes metrics.
+  assert "Resumed from" not in resumed[1]
+  with open(os.path.join(two, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f if '"train"' in line]
+  assert steps == [1, 2, 3, 4, 5]
+  _train(one, tfds_dir, 5, num_processes=1)
+  two_run, one_run = (evaluate.restore_trained(config, w) for w in (two, one))
+  assert two_run.step == one_run.step == 5
+  for a, b in zip(jax.tree.leaves(two_run.params), jax.tree.leaves(one_run.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_batch_sizes_must_split_evenly_over_devices():
+  mesh = jax.sharding.AbstractMesh((4,), (parallel.DATA_AXIS,))
+  parallel.check_batch_size(8, mesh, "data.batch_size")
+  with pytest.raises(ConfigError, match=r"--config.eval.batch_size=6 must be a multiple of "
+                     r"the number of devices \(4\)"):
+    parallel.check_batch_size(6, mesh, "eval.batch_size")
+  with pytest.raises(ConfigError, match="more than"):
+    parallel.make_mesh(jax.device_count() + 1)
+
+
+def test_distributed_start_is_asked_by_flag_or_environment(monkeypatch):
+  monkeypatch.delenv(parallel.DISTRIBUTED_ENV, raising=False)
+  assert not parallel.distributed_requested(False)
+  assert parallel.distributed_requested(True)
+  monkeypatch.setenv(parallel.DISTRIBUTED_ENV, "1")
+  assert parallel.distributed_requested(False)
+  monkeypatch.setenv(parallel.DISTRIBUTED_ENV, "0")
+  assert not parallel.distributed_requested(False)
