@@ -1,8 +1,11 @@
 """Time one training step at PTB sizes: B=32, K=20, E=H=256, D=32, V=10,002.
 
     python benchmarks/train_step.py [--kind=sri] [--lengths=22,12,32] [--gradient=final]
+        [--compute_dtype=float32] [--devices=1]
 
 --kind=lm|vae times the baselines' steps (the VAE with both encoder and decoder updated).
+--devices=1,2,4,8 times the same global batch sharded over 1, 2, 4, 8 devices (on a CPU, with
+XLA_FLAGS=--xla_force_host_platform_device_count=8, which simulates devices on the same cores).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
 median seconds per step after compile, steps/s and sentences/s, and the peak memory; writes
 benchmarks/results/train_step_<backend>.json. Random token ids: the cost does not depend on
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
+from srlm import parallel  # pylint: disable=wrong-import-position
 from srlm import train  # pylint: disable=wrong-import-position
 from srlm.models import make_decoder, make_encoder  # pylint: disable=wrong-import-position
 
@@ -29,6 +33,9 @@ _KIND = flags.DEFINE_enum("kind", "sri", config_lib.KINDS, "Model kind.")
 _GRADIENT = flags.DEFINE_enum("gradient", "final", config_lib.GRADIENTS,
                               "SRI's decoder gradient.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per length (median reported).")
+_COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", config_lib.COMPUTE_DTYPES,
+                                   "Matmul input precision (config.model.compute_dtype).")
+_DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to shard the batch over.")
 _VOCAB = 10002
 
 
@@ -37,31 +44,42 @@ def main(argv):
   config = config_lib.Config()
   config.train.gradient = _GRADIENT.value
   config.model.kind = _KIND.value
+  config.model.compute_dtype = _COMPUTE_DTYPE.value
   model = make_decoder(config.model, _VOCAB)
   encoder = make_encoder(config.model, _VOCAB)
-  state = train.create_train_state(config, model, jax.random.key(0), encoder)
-  step = train.make_train_step(config, model, encoder, steps_per_epoch=1315)
   rng = np.random.default_rng(0)
   batch_size = config.data.batch_size
   rows = []
-  for length in map(int, _LENGTHS.value):
-    ids = rng.integers(4, _VOCAB, (batch_size, length)).astype(np.int32)
-    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:],
-             "mask": np.ones((batch_size, length - 1), np.float32), "epoch": np.int32(0)}
-    timing = common.time_calls(lambda: step(state, batch, jax.random.key(1)), _REPEATS.value)
-    row = {"T": length, **timing, "steps_per_s": 1 / timing["median_s"],
-           "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
-    rows.append(row)
-    print(f"T={length:3d}: {row['median_s']:.3f} s/step (min {row['min_s']:.3f}), "
-          f"{row['steps_per_s']:.2f} steps/s, {row['sentences_per_s']:.1f} sentences/s, "
-          f"compile+first {row['compile_and_first_call_s']:.1f} s, "
-          f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
+  for num_devices in map(int, _DEVICES.value):
+    mesh = parallel.make_mesh(num_devices)
+    state = train.create_replicated_train_state(config, model, jax.random.key(0), mesh, encoder)
+    step = train.make_train_step(config, model, encoder, steps_per_epoch=1315, mesh=mesh)
+    for length in map(int, _LENGTHS.value):
+      sentences = list(rng.integers(4, _VOCAB, (batch_size, length)).astype(np.int32))
+      batch = {**parallel.global_batch(sentences, length, batch_size, mesh),
+               "epoch": np.int32(0)}
+      timing = common.time_calls(lambda: step(state, batch, jax.random.key(1)),
+                                 _REPEATS.value)
+      row = {"devices": num_devices, "T": length, **timing,
+             "steps_per_s": 1 / timing["median_s"],
+             "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
+      rows.append(row)
+      print(f"devices={num_devices} T={length:3d}: {row['median_s']:.3f} s/step "
+            f"(min {row['min_s']:.3f}), {row['steps_per_s']:.2f} steps/s, "
+            f"{row['sentences_per_s']:.1f} sentences/s, "
+            f"compile+first {row['compile_and_first_call_s']:.1f} s, "
+            f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
   name = "train_step_" + _KIND.value + (f"_{_GRADIENT.value}" if _KIND.value == "sri" else "")
+  if _COMPUTE_DTYPE.value != "float32":
+    name += f"_{_COMPUTE_DTYPE.value}"
+  if _DEVICES.value != ["1"]:
+    name += "_devices"
   path = common.write_result(name, {
       "config": {"batch_size": batch_size, "num_steps": config.langevin.num_steps,
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,
                  "latent_dim": config.model.latent_dim, "vocab_size": _VOCAB,
-                 "kind": _KIND.value, "gradient": _GRADIENT.value},
+                 "kind": _KIND.value, "gradient": _GRADIENT.value,
+                 "compute_dtype": _COMPUTE_DTYPE.value},
       "rows": rows})
   print(f"wrote {path}")
 

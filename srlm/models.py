@@ -24,16 +24,27 @@ def uniform_init(scale: float):
   return init
 
 
+def matmul(a: jax.Array, b: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+  """a @ b with its inputs rounded to compute_dtype and f32 accumulation and result (the
+  mixed-precision option: bf16 matmuls on GPU/TPU, everything else f32)."""
+  if compute_dtype == "float32":
+    return a @ b
+  return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype),
+                    preferred_element_type=jnp.float32)
+
+
 def lstm_cell(h_BxH: jax.Array, c_BxH: jax.Array, gates_in_Bx4H: jax.Array,
-              w_h_Hx4H: jax.Array) -> tuple[jax.Array, jax.Array]:
+              w_h_Hx4H: jax.Array, compute_dtype: str = "float32"
+              ) -> tuple[jax.Array, jax.Array]:
   """One LSTM step (gate order i, f, g, o) given the input's share of the gates."""
-  i, f, g, o = jnp.split(gates_in_Bx4H + h_BxH @ w_h_Hx4H, 4, axis=-1)
+  i, f, g, o = jnp.split(gates_in_Bx4H + matmul(h_BxH, w_h_Hx4H, compute_dtype), 4, axis=-1)
   c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
   return jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH
 
 
 def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
-                    keep_TxB: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                    keep_TxB: jax.Array | None = None, compute_dtype: str = "float32"
+                    ) -> tuple[jax.Array, jax.Array]:
   """LSTM steps over precomputed input gates, time-major.
 
   Returns (all h_t (T, B, H), the final h). Where keep_TxB is 0 the state is carried over
@@ -42,7 +53,7 @@ def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax
   def step(carry, inputs):
     h_BxH, c_BxH = carry
     gates_in_Bx4H, keep_B = inputs
-    new_h, new_c = lstm_cell(h_BxH, c_BxH, gates_in_Bx4H, w_h_Hx4H)
+    new_h, new_c = lstm_cell(h_BxH, c_BxH, gates_in_Bx4H, w_h_Hx4H, compute_dtype)
     if keep_B is not None:
       new_h = jnp.where(keep_B[:, None], new_h, h_BxH)
       new_c = jnp.where(keep_B[:, None], new_c, c_BxH)
@@ -60,6 +71,7 @@ class Decoder(nn.Module):
   latent_dim: int
   dropout: float
   init_scale: float
+  compute_dtype: str = "float32"
 
   def setup(self):
     init = uniform_init(self.init_scale)
@@ -87,8 +99,8 @@ class Decoder(nn.Module):
     gates_z_Bx4H = jnp.broadcast_to(self.lstm_b[None, :], (batch_size, self.lstm_b.shape[0]))
     h0_BxH = jnp.broadcast_to(self.init_b[None, :], (batch_size, self.init_b.shape[0]))
     if self.latent_dim:
-      gates_z_Bx4H = gates_z_Bx4H + z_BxD @ self.lstm_w_z
-      h0_BxH = h0_BxH + z_BxD @ self.init_w
+      gates_z_Bx4H = gates_z_Bx4H + matmul(z_BxD, self.lstm_w_z, self.compute_dtype)
+      h0_BxH = h0_BxH + matmul(z_BxD, self.init_w, self.compute_dtype)
     return gates_z_Bx4H, h0_BxH
 
   def hidden(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
@@ -97,8 +109,10 @@ class Decoder(nn.Module):
     x_TxBxE = jnp.take(self.embedding, inputs_BxT.T, axis=0)
     x_TxBxE = self.embed_dropout(x_TxBxE, deterministic=deterministic)
     gates_z_Bx4H, h0_BxH = self._latent_gates_and_h0(z_BxD)
-    gates_in_TxBx4H = x_TxBxE @ self.lstm_w_x + gates_z_Bx4H[None]
-    h_TxBxH, _ = lstm_recurrence(gates_in_TxBx4H, self.lstm_w_h, h0_BxH)
+    gates_in_TxBx4H = (matmul(x_TxBxE, self.lstm_w_x, self.compute_dtype)
+                       + gates_z_Bx4H[None])
+    h_TxBxH, _ = lstm_recurrence(gates_in_TxBx4H, self.lstm_w_h, h0_BxH,
+                                 compute_dtype=self.compute_dtype)
     return self.output_dropout(h_TxBxH, deterministic=deterministic)
 
   def start(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -111,15 +125,17 @@ class Decoder(nn.Module):
     """One generation step (dropout off): feeds x_t, returns the new state and logits (B, V)
     of x_{t+1}. The same cell and weights as `hidden`."""
     gates_z_Bx4H, _ = self._latent_gates_and_h0(z_BxD)
-    gates_in_Bx4H = jnp.take(self.embedding, tokens_B, axis=0) @ self.lstm_w_x + gates_z_Bx4H
-    h_BxH, c_BxH = lstm_cell(*state, gates_in_Bx4H, self.lstm_w_h)
-    return (h_BxH, c_BxH), h_BxH @ self.out_w.T + self.out_b[None, :]
+    gates_in_Bx4H = matmul(jnp.take(self.embedding, tokens_B, axis=0), self.lstm_w_x,
+                           self.compute_dtype) + gates_z_Bx4H
+    h_BxH, c_BxH = lstm_cell(*state, gates_in_Bx4H, self.lstm_w_h, self.compute_dtype)
+    return (h_BxH, c_BxH), (matmul(h_BxH, self.out_w.T, self.compute_dtype)
+                            + self.out_b[None, :])
 
   def __call__(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
                deterministic: bool) -> jax.Array:
     """Logits (B, T, V) of x_1 .. x_T given z and the inputs x_0 .. x_{T-1}."""
     h_BxTxH = jnp.swapaxes(self.hidden(z_BxD, inputs_BxT, deterministic=deterministic), 0, 1)
-    return h_BxTxH @ self.out_w.T + self.out_b[None, None, :]
+    return matmul(h_BxTxH, self.out_w.T, self.compute_dtype) + self.out_b[None, None, :]
 
 
 class Encoder(nn.Module):
@@ -133,6 +149,7 @@ class Encoder(nn.Module):
   hidden_dim: int
   latent_dim: int
   init_scale: float
+  compute_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -145,10 +162,12 @@ class Encoder(nn.Module):
     w_out_Hx2D = self.param("out_w", init, (H, 2 * D))
     b_out_2D = self.param("out_b", init, (2 * D,))
     x_TxBxE = jnp.take(embedding_VxE, tokens_BxT.T, axis=0)
-    gates_in_TxBx4H = x_TxBxE @ w_x_Ex4H + b_4H[None, None, :]
+    gates_in_TxBx4H = matmul(x_TxBxE, w_x_Ex4H, self.compute_dtype) + b_4H[None, None, :]
     h0_BxH = jnp.zeros((tokens_BxT.shape[0], H), x_TxBxE.dtype)
-    _, h_last_BxH = lstm_recurrence(gates_in_TxBx4H, w_h_Hx4H, h0_BxH, mask_BxT.T > 0)
-    mean_BxD, logvar_BxD = jnp.split(h_last_BxH @ w_out_Hx2D + b_out_2D[None, :], 2, axis=-1)
+    _, h_last_BxH = lstm_recurrence(gates_in_TxBx4H, w_h_Hx4H, h0_BxH, mask_BxT.T > 0,
+                                    self.compute_dtype)
+    mean_BxD, logvar_BxD = jnp.split(
+        matmul(h_last_BxH, w_out_Hx2D, self.compute_dtype) + b_out_2D[None, :], 2, axis=-1)
     return mean_BxD, logvar_BxD
 
 
@@ -157,7 +176,8 @@ def make_decoder(model_config, vocab_size: int) -> Decoder:
   latent_dim = 0 if model_config.kind == "lm" else model_config.latent_dim
   return Decoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=latent_dim,
-                 dropout=model_config.dropout, init_scale=model_config.init_scale)
+                 dropout=model_config.dropout, init_scale=model_config.init_scale,
+                 compute_dtype=model_config.compute_dtype)
 
 
 def make_encoder(model_config, vocab_size: int) -> Encoder | None:
@@ -166,4 +186,4 @@ def make_encoder(model_config, vocab_size: int) -> Encoder | None:
     return None
   return Encoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=model_config.latent_dim,
-                 init_scale=model_config.init_scale)
+                 init_scale=model_config.init_scale, compute_dtype=model_config.compute_dtype)

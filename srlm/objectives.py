@@ -18,12 +18,15 @@ automatic differentiation, cheaper:
     them and rescales (B, T, H)-sized results, so the softmax is never a separate pass.
 """
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from srlm.models import matmul
 
 Batch = dict[str, jax.Array]
 
@@ -33,22 +36,27 @@ def log_prior(z_BxD: jax.Array) -> jax.Array:
   return -0.5 * jnp.sum(z_BxD ** 2, axis=-1) - 0.5 * z_BxD.shape[-1] * math.log(2 * math.pi)
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def log_likelihood(hidden_TxBxH: jax.Array, out_w_VxH: jax.Array, out_b_V: jax.Array,
-                   targets_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+                   targets_BxT: jax.Array, mask_BxT: jax.Array,
+                   compute_dtype: str = "float32") -> jax.Array:
   """sum_t mask_t log softmax(out_w h_t + out_b)[target_t], per sentence (B,).
 
   hidden is time-major (T, B, H), as `Decoder.hidden` returns it; targets and mask are (B, T).
+  compute_dtype "bfloat16" rounds the inputs of the two (N x H x V) matmuls, forward and
+  backward, to bf16; they accumulate in f32, and the softmax is f32.
   """
-  return _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT)[0]
+  return _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT,
+                             compute_dtype)[0]
 
 
-def _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT):
+def _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT,
+                        compute_dtype="float32"):
   T, B, H = hidden_TxBxH.shape
   h_NxH = hidden_TxBxH.reshape(T * B, H)
   targets_N = targets_BxT.T.reshape(T * B)
   keep_N = mask_BxT.T.reshape(T * B) > 0
-  logits_NxV = h_NxH @ out_w_VxH.T + out_b_V[None, :]
+  logits_NxV = matmul(h_NxH, out_w_VxH.T, compute_dtype) + out_b_V[None, :]
   max_N = jax.lax.stop_gradient(jnp.max(logits_NxV, axis=-1))
   exp_NxV = jnp.exp(logits_NxV - max_N[:, None])
   sum_N = jnp.sum(exp_NxV, axis=-1)
@@ -58,14 +66,16 @@ def _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT)
   return value_B, (h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B))
 
 
-def _log_likelihood_bwd(residuals, g_B):
+def _log_likelihood_bwd(compute_dtype, residuals, g_B):
   h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B) = residuals
   # d value / d logits_n = g_n (onehot(target_n) - exp_n / sum_n) on kept tokens.
   g_N = jnp.where(keep_N, jnp.broadcast_to(g_B, (T, B)).reshape(T * B), 0.0)
   scale_N = g_N / sum_N
   target_w_NxH = out_w_VxH[targets_N]
-  d_h_NxH = g_N[:, None] * target_w_NxH - scale_N[:, None] * (exp_NxV @ out_w_VxH)
-  d_w_VxH = (-(exp_NxV.T @ (scale_N[:, None] * h_NxH))).at[targets_N].add(g_N[:, None] * h_NxH)
+  d_h_NxH = (g_N[:, None] * target_w_NxH
+             - scale_N[:, None] * matmul(exp_NxV, out_w_VxH, compute_dtype))
+  d_w_VxH = (-matmul(exp_NxV.T, scale_N[:, None] * h_NxH, compute_dtype)).at[targets_N].add(
+      g_N[:, None] * h_NxH)
   d_b_V = (-(scale_N @ exp_NxV)).at[targets_N].add(g_N)
   return d_h_NxH.reshape(T, B, -1), d_w_VxH, d_b_V, None, None
 
@@ -81,7 +91,7 @@ def decoder_log_likelihood(model: nn.Module, params, z_BxD: jax.Array, batch: Ba
                              deterministic=deterministic, method="hidden",
                              rngs=None if deterministic else {"dropout": dropout_rng})
   return log_likelihood(hidden_TxBxH, params["out_w"], params["out_b"], batch["targets"],
-                        batch["mask"])
+                        batch["mask"], model.compute_dtype)
 
 
 def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],

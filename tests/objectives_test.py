@@ -109,3 +109,19 @@ def test_kl_annealing_is_linear_in_steps():
   assert weight(500) == pytest.approx(0.55)
   assert weight(1000) == weight(5000) == pytest.approx(1.0)
   assert float(objectives.kl_weight(0, 100, 0.1, 0.0)) == 1.0
+
+
+def test_bfloat16_matmuls_stay_close_to_float32_and_return_float32(problem):
+  """The mixed-precision option: bf16 matmul inputs (8 mantissa bits), f32 everything else."""
+  hidden, out_w, out_b, targets, mask = problem
+  def value_and_grads(dtype):
+    fn = lambda h, w, b: objectives.log_likelihood(h, w, b, targets, mask, dtype).sum()
+    return jax.value_and_grad(fn, argnums=(0, 1, 2))(hidden, out_w, out_b)
+  value32, grads32 = value_and_grads("float32")
+  value16, grads16 = value_and_grads("bfloat16")
+  assert value16.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in grads16)
+  # Each logit is a 4-term dot product of bf16-rounded inputs: relative error ~ 2^-8.
+  np.testing.assert_allclose(value16, value32, rtol=2e-2)
+  for g16, g32 in zip(grads16, grads32):
+    np.testing.assert_allclose(g16, g32, atol=5e-2 * float(jnp.max(jnp.abs(g32))))
+  assert not np.array_equal(np.asarray(value16), np.asarray(value32))

@@ -112,3 +112,15 @@ def test_distributed_start_is_asked_by_flag_or_environment(monkeypatch):
   assert parallel.distributed_requested(False)
   monkeypatch.setenv(parallel.DISTRIBUTED_ENV, "0")
   assert not parallel.distributed_requested(False)
+
+
+@pytest.mark.parametrize("script", ["single_gpu.sh", "slurm_gpu.sbatch", "tpu_vm.sh"])
+def test_launchers_parse_and_call_the_entry_point(script):
+  path = REPO / "launch" / script
+  assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+  text = path.read_text()
+  assert "-m srlm.main --flagfile=" in text
+  # Run without arguments, each names its usage instead of starting anything.
+  process = subprocess.run(["bash", str(path)], capture_output=True, text=True, check=False,
+                           env=_env(PYTHON="false"))
+  assert process.returncode != 0 and "usage:" in process.stderr
