@@ -1,7 +1,8 @@
 """notebooks/*.ipynb run top to bottom (in their quick size) and are stored without outputs."""
 
+import json
 import pathlib
-import time
+import sys
 
 import nbformat
 import pytest
@@ -26,17 +27,28 @@ def test_notebook_is_stored_without_outputs(path):
           "all outputs; or jupyter nbconvert --clear-output --inplace).")
 
 
-def _execute(path: pathlib.Path, monkeypatch, tmp_path, tfds_dir, **env) -> float:
+def _kernel_spec(directory: pathlib.Path) -> str:
+  """A kernel spec running this interpreter, so the notebooks import the srlm under test
+  even where another Jupyter installation defines "python3"."""
+  spec = directory / "kernels" / "srlm-test"
+  spec.mkdir(parents=True)
+  (spec / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "srlm tests", "language": "python"}))
+  return "srlm-test"
+
+
+def _execute(path: pathlib.Path, monkeypatch, tmp_path, tfds_dir, **env) -> None:
   # The kernel inherits this environment: the quick size, a scratch workdir, the test cache.
   for name, value in {"SRLM_NOTEBOOK_QUICK": "1", "SRLM_NOTEBOOK_WORKDIR": str(tmp_path / "wd"),
-                      "TFDS_DATA_DIR": tfds_dir, **env}.items():
+                      "TFDS_DATA_DIR": tfds_dir, "JUPYTER_PATH": str(tmp_path / "jupyter"),
+                      **env}.items():
     monkeypatch.setenv(name, value)
+  kernel_name = _kernel_spec(tmp_path / "jupyter")
   notebook = nbformat.read(path, as_version=4)
-  start = time.time()
   # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-  NotebookClient(notebook, timeout=600, kernel_name="python3",
+  NotebookClient(notebook, timeout=600, kernel_name=kernel_name,
                  resources={"metadata": {"path": str(path.parent)}}).execute()
-  return time.time() - start
 
 
 def test_quickstart_notebook_runs(monkeypatch, tmp_path, tfds_dir):
