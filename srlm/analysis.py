@@ -27,13 +27,13 @@ from srlm.errors import ConfigError, UserError
 
 
 # One jitted decoder for every call: it compiles once per (model, shapes, decoding settings).
-_decode_jit = jax.jit(sampling.decode, static_argnums=(0, 4, 5, 6))
+_decode_jit = jax.jit(sampling.decode, static_argnums=(0, 4, 5, 6, 7))
 
 
 def _decode(config: Config, run: evaluate.TrainedRun, z, rng) -> list[str]:
   a = config.analysis
   tokens = _decode_jit(run.model, run.params["decoder"], z, rng, a.max_length,
-                       a.temperature, a.top_k)
+                       a.temperature, a.top_k, a.min_length)
   return sampling.to_text(run.corpus.vocab, tokens)
 
 

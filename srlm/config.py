@@ -137,6 +137,8 @@ class AnalysisConfig:
   temperature: float = 0.0
   top_k: int = 0
   max_length: int = 40
+  # No </s> before this many words (0: no constraint).
+  min_length: int = 0
   # sample: sentences drawn from the prior.
   num_samples: int = 10
   # reconstruct: a text file (one sentence per line), else the first max_sentences of split.
@@ -254,6 +256,8 @@ def validate(config: Config) -> Config:
   _check(a.temperature >= 0, "analysis.temperature", "must be >= 0 (0: greedy)")
   _check(0 <= a.top_k, "analysis.top_k", "must be >= 0 (0: no restriction)")
   _check(a.max_length >= 1, "analysis.max_length", "must be >= 1")
+  _check(0 <= a.min_length < a.max_length, "analysis.min_length",
+         f"must be >= 0 and below max_length ({a.max_length})")
   _check(a.num_samples >= 1, "analysis.num_samples", "must be >= 1")
   _check(a.max_sentences >= 1, "analysis.max_sentences", "must be >= 1")
   _check(2 <= a.num_points, "analysis.num_points", "must be >= 2 (the two ends)")

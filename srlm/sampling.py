@@ -27,24 +27,28 @@ def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature: float,
 
 
 def decode(model: Decoder, params, z_BxD: jax.Array, rng: jax.Array, max_length: int,
-           temperature: float = 0.0, top_k: int = 0) -> jax.Array:
+           temperature: float = 0.0, top_k: int = 0, min_length: int = 0) -> jax.Array:
   """Token ids (B, max_length) generated after <s> from each z: words, then </s>, then
-  <pad>. temperature 0 is greedy decoding. `<pad>`, `<s>` are never generated."""
+  <pad>. temperature 0 is greedy decoding. `<pad>`, `<s>` are never generated, nor `</s>`
+  before min_length words (a weak model's likeliest first token is often `</s>`)."""
   variables = {"params": params}
   state = model.apply(variables, z_BxD, method="start")
   batch_size = z_BxD.shape[0]
   forbidden_V = jnp.zeros((model.vocab_size,), bool).at[jnp.array([PAD_ID, BOS_ID])].set(True)
 
-  def step(carry, key):
+  def step(carry, inputs):
     state, tokens_B, done_B = carry
+    key, position = inputs
     state, logits_BxV = model.apply(variables, state, z_BxD, tokens_B, method="step")
-    logits_BxV = jnp.where(forbidden_V[None, :], -jnp.inf, logits_BxV)
+    forbidden_now_V = forbidden_V.at[EOS_ID].set(position < min_length)
+    logits_BxV = jnp.where(forbidden_now_V[None, :], -jnp.inf, logits_BxV)
     next_B = choose_tokens(logits_BxV, key, temperature, top_k)
     next_B = jnp.where(done_B, PAD_ID, next_B)
     return (state, next_B, done_B | (next_B == EOS_ID)), next_B
 
   start = (state, jnp.full((batch_size,), BOS_ID, jnp.int32), jnp.zeros((batch_size,), bool))
-  _, tokens_LxB = jax.lax.scan(step, start, jax.random.split(rng, max_length))
+  _, tokens_LxB = jax.lax.scan(step, start, (jax.random.split(rng, max_length),
+                                             jnp.arange(max_length)))
   return tokens_LxB.T
 
 

@@ -90,3 +90,21 @@ def test_interpolation_is_the_segment():
   a, b = jnp.array([0.0, 1.0]), jnp.array([2.0, -1.0])
   line = sampling.interpolate(a, b, 5)
   np.testing.assert_allclose(line, [[0, 1], [0.5, 0.5], [1, 0], [1.5, -0.5], [2, -1]])
+
+
+def test_min_length_holds_back_the_end_of_sentence(tiny_decoder):
+  model, params, _ = tiny_decoder
+  z = jax.random.normal(jax.random.key(0), (64, 3))
+  free = np.asarray(sampling.decode(model, params, z, jax.random.key(1), 10, temperature=1.5))
+  held = np.asarray(sampling.decode(model, params, z, jax.random.key(1), 10, temperature=1.5,
+                                    min_length=4))
+  ends = lambda tokens: [list(row).index(EOS_ID) if EOS_ID in row else 10 for row in tokens]
+  assert min(ends(free)) < 4  # the constraint has something to hold back here
+  assert min(ends(held)) >= 4
+  # Greedy: until </s> would first be chosen, the constrained decoding is the same.
+  greedy = np.asarray(sampling.decode(model, params, z, jax.random.key(1), 10))
+  greedy_held = np.asarray(sampling.decode(model, params, z, jax.random.key(1), 10,
+                                           min_length=2))
+  for row, end in enumerate(ends(greedy)):
+    if end >= 2:
+      np.testing.assert_array_equal(greedy_held[row], greedy[row])
