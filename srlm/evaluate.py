@@ -134,11 +134,6 @@ def nll_from_log_weights(log_w_MxB: jax.Array) -> jax.Array:
   return -(jax.nn.logsumexp(log_w_MxB, axis=0) - math.log(log_w_MxB.shape[0]))
 
 
-def _jit(fn, mesh: jax.sharding.Mesh | None):
-  """jit, with outputs replicated on `mesh` when given (sentences come sharded over it)."""
-  return parallel.jit_replicated(fn, mesh) if mesh is not None else jax.jit(fn)
-
-
 def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None,
                   mesh: jax.sharding.Mesh | None = None):
   """Jitted (params, batch, rng) -> per-sentence nll, kl, rec (B,) for config.model.kind.
@@ -154,7 +149,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
       z_Bx0 = jnp.zeros((batch["targets"].shape[0], 0), jnp.float32)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_Bx0, batch, None)
       return {"nll": nll_B, "kl": jnp.zeros_like(nll_B), "rec": nll_B}
-    return _jit(lm_step, mesh)
+    return parallel.jit_replicated(lm_step, mesh)
 
   if kind == "vae":
     def vae_step(params, batch, rng):
@@ -173,7 +168,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
       return {"nll": nll_from_log_weights(log_w_MxB),
               "kl": jnp.sum(objectives.gaussian_kl(mean_BxD, logvar_BxD), axis=-1),
               "rec": -jnp.mean(log_lik_MxB, axis=0)}
-    return _jit(vae_step, mesh)
+    return parallel.jit_replicated(vae_step, mesh)
 
   step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   temperature = jnp.float32(config.langevin.eval_temperature)
@@ -193,7 +188,7 @@ def make_nll_step(config: Config, model: Decoder, encoder: Encoder | None = None
             "kl": jnp.mean(parts["log_q"] - parts["log_prior"], axis=0),
             "rec": -jnp.mean(parts["log_likelihood"], axis=0)}
 
-  return _jit(sri_step, mesh)
+  return parallel.jit_replicated(sri_step, mesh)
 
 
 class ChainSettings(NamedTuple):
@@ -227,7 +222,7 @@ def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None 
       mean, logvar = encoder.apply({"params": params["encoder"]}, batch["targets"],
                                    batch["mask"])
       return mean, jnp.exp(logvar)
-    return _jit(vae_posterior, mesh)
+    return parallel.jit_replicated(vae_posterior, mesh)
 
   chains = chains or posterior_chains(config)
   step_sizes_K = jnp.asarray(chains.step_sizes, jnp.float32)
@@ -241,7 +236,7 @@ def make_posterior_step(config: Config, model: Decoder, encoder: Encoder | None 
         jax.random.split(rng, num_chains))
     return jnp.mean(z_SxBxD, axis=0), jnp.var(z_SxBxD, axis=0)
 
-  return _jit(sri_posterior, mesh)
+  return parallel.jit_replicated(sri_posterior, mesh)
 
 
 def active_units(posterior_means_NxD: np.ndarray, threshold: float = AU_THRESHOLD) -> int:

@@ -91,10 +91,12 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, flag: str) -> Non
                       f"devices ({mesh.size}), which share each batch's sentences.")
 
 
-def jit_replicated(fn: Callable, mesh: jax.sharding.Mesh, **jit_kwargs) -> Callable:
+def jit_replicated(fn: Callable, mesh: jax.sharding.Mesh | None) -> Callable:
   """jax.jit with every output replicated on the mesh: parameters stay replicated, and each
-  process can read per-sentence results without a gather."""
-  return jax.jit(fn, out_shardings=replicated(mesh), **jit_kwargs)
+  process can read per-sentence results without a gather. Without a mesh, plain jax.jit."""
+  if mesh is None:
+    return jax.jit(fn)
+  return jax.jit(fn, out_shardings=replicated(mesh))
 
 
 def global_batch(sentences: Sequence[np.ndarray], length: int, batch_size: int,

@@ -221,7 +221,7 @@ def make_train_step(config: Config, model: Decoder, encoder: Encoder | None = No
   """The jitted train step; it compiles once per length bucket. With a mesh, the state and
   metrics it returns are replicated on it (batches come sharded, see srlm.parallel)."""
   fn = train_step_fn(config, model, encoder, steps_per_epoch, parts)
-  return parallel.jit_replicated(fn, mesh) if mesh is not None else jax.jit(fn)
+  return parallel.jit_replicated(fn, mesh)
 
 
 def make_eval_step(config: Config, model: Decoder, encoder: Encoder | None = None,
@@ -250,7 +250,7 @@ def make_eval_step(config: Config, model: Decoder, encoder: Encoder | None = Non
     nll_B = -objectives.decoder_log_likelihood(model, params, z, batch, None)
     return {"rec_sum": jnp.sum(nll_B), **sums}
 
-  return parallel.jit_replicated(eval_step, mesh) if mesh is not None else jax.jit(eval_step)
+  return parallel.jit_replicated(eval_step, mesh)
 
 
 def evaluate_reconstruction(eval_step, state: TrainState, split: pipeline.Split,
