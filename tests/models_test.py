@@ -49,3 +49,22 @@ def test_paper_sizes_and_uniform_init():
   for name, value in params.items():
     assert float(jnp.max(jnp.abs(value))) <= 0.1 + 1e-6, name
     assert float(jnp.std(value)) > 0.05, name  # U(-0.1, 0.1) has std 0.0577
+
+
+def test_bfloat16_decoder_stays_close_to_float32_and_returns_float32(tiny_decoder):
+  """compute_dtype reaches every decoder matmul (LSTM gates, h_0, output) and its z gradient."""
+  model, params, batch = tiny_decoder
+  bf16 = model.clone(compute_dtype="bfloat16")
+  z = jax.random.normal(jax.random.key(0), (4, 3))
+  def logits_and_z_grad(decoder):
+    logits = decoder.apply({"params": params}, z, batch["inputs"], deterministic=True)
+    grad = jax.grad(lambda z: decoder.apply({"params": params}, z, batch["inputs"],
+                                            deterministic=True).sum())(z)
+    return logits, grad
+  logits32, grad32 = logits_and_z_grad(model)
+  logits16, grad16 = logits_and_z_grad(bf16)
+  assert logits16.dtype == grad16.dtype == jnp.float32
+  scale = float(jnp.max(jnp.abs(logits32)))
+  np.testing.assert_allclose(logits16, logits32, atol=3e-2 * scale)
+  np.testing.assert_allclose(grad16, grad32, atol=5e-2 * float(jnp.max(jnp.abs(grad32))))
+  assert not np.array_equal(np.asarray(logits16), np.asarray(logits32))
