@@ -1,25 +1,26 @@
-"""The latent space as a product (SRI_SPEC §6): prior samples, reconstructions, interpolations,
-features, semi-supervised classification and clustering.
+"""The latent space as a product (docs/method.md §6): prior samples, reconstructions,
+interpolations, features, semi-supervised classification and clustering.
 
-Each function takes a restored run (`evaluate.restore_trained`) and returns text; `run_mode`
-writes it into the workdir and returns what to print. Inferred codes are posterior means:
-the mean of S = config.eval.num_posterior_chains short-run chains (SRI), or the encoder's
-mean (VAE). The LSTM-LM has no latent space.
+Each function takes a restored run (`runs.restore_trained`) and returns text; `run_mode`
+writes it into the workdir and returns what to print. Inferred codes are the posterior means
+of the run's method (`Method.posterior_step`: the mean of S = config.eval.num_posterior_chains
+short-run chains for SRI, the encoder's mean for the VAE), features its `feature_step`. A
+method without a latent (the LSTM-LM) has no latent space.
 """
 
 import json
 import os
-import time
 
 from absl import logging
 import jax
 import numpy as np
 
-from srlm import evaluate
+from srlm import methods
 from srlm import parallel
 from srlm import plots
 from srlm import probes
 from srlm import reporting
+from srlm import runs
 from srlm import sampling
 from srlm.config import Config
 from srlm.data import pipeline
@@ -27,55 +28,59 @@ from srlm.errors import ConfigError, UserError
 
 
 # One jitted decoder for every call: it compiles once per (model, shapes, decoding settings).
-_decode_jit = jax.jit(sampling.decode, static_argnums=(0, 4, 5, 6, 7))
+_decode_jit = jax.jit(sampling.decode, static_argnames=(
+    "model", "max_length", "temperature", "top_k", "min_length"))
 
 
-def _decode(config: Config, run: evaluate.TrainedRun, z, rng) -> list[str]:
+def _decode(config: Config, run: runs.TrainedRun, z, rng) -> list[str]:
   a = config.analysis
-  tokens = _decode_jit(run.model, run.params["decoder"], z, rng, a.max_length,
-                       a.temperature, a.top_k, a.min_length)
+  tokens = _decode_jit(run.method.decoder, run.params["decoder"], z, rng,
+                       max_length=a.max_length, temperature=a.temperature, top_k=a.top_k,
+                       min_length=a.min_length)
   return sampling.to_text(run.corpus.vocab, tokens)
 
 
-def _require_latent(config: Config, mode: str) -> None:
-  if config.model.kind == "lm":
-    raise UserError(f"--mode={mode} needs a latent space; this run is an LSTM-LM "
-                    "(--config.model.kind=lm).")
+def _method(config: Config, run: runs.TrainedRun) -> methods.Method:
+  """The run's method under `config`, whose analysis and eval settings (the feature chains,
+  S) may differ from those the run was restored with; the parameters' shapes cannot."""
+  return methods.get(config, len(run.corpus.vocab))
 
 
-def sample_prior(config: Config, run: evaluate.TrainedRun) -> list[str]:
+def _require_latent(run: runs.TrainedRun, mode: str) -> None:
+  if run.method.posterior_step is None:
+    raise UserError(f"--mode={mode} needs a latent space; this run's method "
+                    f"(--config.model.kind={run.method.name}) has none.")
+
+
+def sample_prior(config: Config, run: runs.TrainedRun) -> list[str]:
   """config.analysis.num_samples sentences decoded from z ~ N(0, I)."""
-  _require_latent(config, "sample")
+  _require_latent(run, "sample")
   z_rng, decode_rng = jax.random.split(jax.random.key(config.analysis.seed))
-  z = jax.random.normal(z_rng, (config.analysis.num_samples, run.model.latent_dim))
+  z = jax.random.normal(z_rng, (config.analysis.num_samples, run.method.latent_dim))
   return _decode(config, run, z, decode_rng)
 
 
-def split_posterior_means(config: Config, run: evaluate.TrainedRun, split: pipeline.Split,
-                          chains: evaluate.ChainSettings | None = None) -> np.ndarray:
-  """The posterior mean code (N, D) of each sentence of `split`, in order, from `chains`
-  (default: the eval chains), config.analysis.batch_size sentences per call. Deterministic
-  given config.analysis.seed."""
+def split_posterior_means(config: Config, run: runs.TrainedRun, split: pipeline.Split,
+                          features: bool = False) -> np.ndarray:
+  """The posterior mean code (N, D) of each sentence of `split`, in order: the method's
+  posterior_step, or its feature_step if `features`; config.analysis.batch_size sentences per
+  call. Deterministic given config.analysis.seed."""
   mesh = parallel.make_mesh(config.parallel.num_devices)
   batch_size = config.analysis.batch_size
   parallel.check_batch_size(batch_size, mesh, "analysis.batch_size")
-  step = evaluate.make_posterior_step(config, run.model, run.encoder, chains, mesh)
-  plan = pipeline.plan_batches(split, config.data.buckets, batch_size)
-  means = np.zeros((len(split), run.model.latent_dim), np.float32)
-  rng = jax.random.key(config.analysis.seed)
-  start = time.time()
-  for i, (indices, batch) in enumerate(zip(plan.indices, parallel.batches(split, plan,
-                                                                          batch_size, mesh))):
-    mean, _ = parallel.to_host(step(run.params, batch, jax.random.fold_in(rng, i)))
-    means[indices] = mean[:len(indices)]
-    if len(plan) > 10 and ((i + 1) % 10 == 0 or i + 1 == len(plan)):
-      elapsed = time.time() - start
-      logging.info("posterior means of %s: %d/%d batches | ETA %s", split.name, i + 1,
-                   len(plan), reporting.format_seconds(elapsed / (i + 1) * (len(plan) - i - 1)))
+  method = _method(config, run)
+  step = parallel.jit_replicated(method.feature_step if features else method.posterior_step,
+                                 mesh)
+  means = np.zeros((len(split), run.method.latent_dim), np.float32)
+  for indices, (mean, _) in parallel.map_split(
+      lambda batch, key: step(run.params, batch, key), split, config.data.buckets, batch_size,
+      mesh, jax.random.key(config.analysis.seed),
+      label=f"{'features' if features else 'posterior means'} of {split.name}"):
+    means[indices] = mean
   return means
 
 
-def posterior_means(config: Config, run: evaluate.TrainedRun, texts: list[str]) -> np.ndarray:
+def posterior_means(config: Config, run: runs.TrainedRun, texts: list[str]) -> np.ndarray:
   """The posterior mean code (N, D) of each sentence, in order."""
   split = pipeline.encode_split("input", list(enumerate(texts, 1)), run.corpus.vocab,
                                 config.data, max_sentences=0)
@@ -86,18 +91,18 @@ def posterior_means(config: Config, run: evaluate.TrainedRun, texts: list[str]) 
   return split_posterior_means(config, run, split)
 
 
-def reconstruct(config: Config, run: evaluate.TrainedRun, texts: list[str]) -> list[str]:
+def reconstruct(config: Config, run: runs.TrainedRun, texts: list[str]) -> list[str]:
   """Greedy (or configured) decoding of each sentence's posterior mean code."""
-  _require_latent(config, "reconstruct")
+  _require_latent(run, "reconstruct")
   z = posterior_means(config, run, texts)
   return _decode(config, run, z, jax.random.key(config.analysis.seed))
 
 
-def interpolate(config: Config, run: evaluate.TrainedRun,
+def interpolate(config: Config, run: runs.TrainedRun,
                 pairs: list[tuple[str, str]]) -> list[list[str]]:
   """For each pair, decodings of num_points codes on the segment between the two sentences'
   codes. The codes of all pairs are inferred in one pass."""
-  _require_latent(config, "interpolate")
+  _require_latent(run, "interpolate")
   codes = posterior_means(config, run, [sentence for pair in pairs for sentence in pair])
   rng = jax.random.key(config.analysis.seed)
   return [_decode(config, run, sampling.interpolate(codes[2 * i], codes[2 * i + 1],
@@ -138,7 +143,7 @@ def _pairs(config: Config) -> list[tuple[str, str]]:
   return pairs
 
 
-def _split(config: Config, run: evaluate.TrainedRun, name: str, flag: str) -> pipeline.Split:
+def _split(config: Config, run: runs.TrainedRun, name: str, flag: str) -> pipeline.Split:
   if name not in run.corpus.splits:
     raise ConfigError(f"--config.analysis.{flag}: unknown split {name!r}; {config.data.corpus} "
                       f"has {sorted(run.corpus.splits)}. Splits are declared with "
@@ -147,30 +152,20 @@ def _split(config: Config, run: evaluate.TrainedRun, name: str, flag: str) -> pi
   return run.corpus.splits[name]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-  if not parallel.is_writer():
-    return
-  with open(f"{path}.tmp", "wb") as f:
-    np.save(f, array)
-  os.replace(f"{path}.tmp", path)
-
-
-def features(config: Config, run: evaluate.TrainedRun, split_name: str, workdir: str,
+def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str,
              flag: str = "split") -> probes.Labelled:
-  """The posterior-mean features (N, D) and labels (N,) of a split (SRI_SPEC §6).
+  """The features (N, D) and labels (N,) of a split (docs/method.md §6).
 
   Saved as WORKDIR/features_<split>.npy and labels_<split>.npy, with features_<split>.json
   recording the checkpoint and chain settings; a later call with the same record reuses them
   (classify and cluster share the test split's features).
   """
-  _require_latent(config, "features")
+  _require_latent(run, "features")
   split = _split(config, run, split_name, flag)
-  a = config.analysis
-  record = {"split": split_name, "checkpoint_step": run.step, "model_kind": config.model.kind,
-            "num_sentences": len(split), "seed": a.seed}
-  if config.model.kind == "sri":
-    record.update(chains=a.feature_chains, steps=a.feature_steps, step_size=a.feature_step_size,
-                  temperature=0.0)
+  method = _method(config, run)
+  record = {"split": split_name, "checkpoint_step": run.step, "model_kind": method.name,
+            "num_sentences": len(split), "seed": config.analysis.seed,
+            **method.feature_settings}
   record_path = os.path.join(workdir, f"features_{split_name}.json")
   features_path = os.path.join(workdir, f"features_{split_name}.npy")
   labels_path = os.path.join(workdir, f"labels_{split_name}.npy")
@@ -181,19 +176,17 @@ def features(config: Config, run: evaluate.TrainedRun, split_name: str, workdir:
   except (OSError, ValueError):
     pass
   # The record is written last: a crash in between leaves no record, so no stale reuse.
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(record_path):
-    os.remove(record_path)
-  logging.info("features of %s: %d sentences, %s", split_name, len(split),
-               _feature_description(config))
-  values = split_posterior_means(config, run, split, evaluate.feature_chains(config))
-  _save_npy(features_path, values)
-  _save_npy(labels_path, split.labels)
+  reporting.make_dirs(workdir)
+  reporting.remove(record_path)
+  logging.info("features of %s: %d sentences, %s", split_name, len(split), method.features)
+  values = split_posterior_means(config, run, split, features=True)
+  reporting.write_npy(features_path, values)
+  reporting.write_npy(labels_path, split.labels)
   reporting.write_json_atomic(record_path, record)
   return probes.Labelled(split_name, values, split.labels)
 
 
-def _features_mode(config: Config, run: evaluate.TrainedRun, workdir: str) -> tuple[str, str]:
+def _features_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
   data = features(config, run, config.analysis.split, workdir)
   png = plots.feature_projection(
       data.features, data.labels, os.path.join(workdir, f"features_{data.name}.png"),
@@ -206,7 +199,7 @@ def _features_mode(config: Config, run: evaluate.TrainedRun, workdir: str) -> tu
           f"({label_text}); labels in labels_{data.name}.npy; projection in {png}", path)
 
 
-def classify(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
+def classify(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   """A linear classifier on each label split's features, selected on select_split, tested on
   test_split; written to WORKDIR/classification.json."""
   a = config.analysis
@@ -220,18 +213,10 @@ def classify(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
   result = {"checkpoint_step": run.step, "select_split": a.select_split,
             "test_split": a.test_split, "num_test": len(test.labels),
             "majority_test_accuracy": probes.majority_accuracy(train_sets[-1], test),
-            "features": _feature_description(config), "rows": rows}
+            "features": _method(config, run).features, "rows": rows}
   result["path"] = os.path.join(workdir, "classification.json")
   reporting.write_json_atomic(result["path"], result)
   return result
-
-
-def _feature_description(config: Config) -> str:
-  a = config.analysis
-  if config.model.kind == "vae":
-    return "encoder means"
-  return (f"mean of {a.feature_chains} noiseless chains of {a.feature_steps} steps of size "
-          f"{a.feature_step_size}")
 
 
 def classification_table(result: dict) -> str:
@@ -248,11 +233,11 @@ def classification_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-def cluster(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
+def cluster(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   """PCA to 4 dimensions and a Gaussian mixture on config.analysis.split's features; written
   to WORKDIR/cluster_<split>.json."""
   data = features(config, run, config.analysis.split, workdir)
-  result = {"checkpoint_step": run.step, "features": _feature_description(config),
+  result = {"checkpoint_step": run.step, "features": _method(config, run).features,
             **probes.cluster(data, seed=config.analysis.seed)}
   result["path"] = os.path.join(workdir, f"cluster_{data.name}.json")
   reporting.write_json_atomic(result["path"], result)
@@ -260,15 +245,13 @@ def cluster(config: Config, run: evaluate.TrainedRun, workdir: str) -> dict:
 
 
 def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
-  if parallel.is_writer():
-    with open(path, "w", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
+  reporting.write_lines(path, lines)
   return "\n".join(lines), path
 
 
 def run_mode(mode: str, config: Config, workdir: str) -> tuple[str, str]:
   """Runs an analysis mode on a trained workdir; returns (what to print, the file written)."""
-  run = evaluate.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir)
   a = config.analysis
   if mode == "sample":
     return _write_lines(os.path.join(workdir, "samples.txt"), sample_prior(config, run))

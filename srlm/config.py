@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from srlm.errors import ConfigError
 
-# SRI_SPEC §2: the authors' step sizes, 9 hand-set values then 0.05 for the remaining steps.
+# docs/method.md §2: the authors' step sizes, 9 hand-set values then 0.05 for the remaining steps.
 PAPER_STEP_SIZES = (0.8, 0.7, 0.6, 0.5, 0.2, 0.2, 0.1, 0.1, 0.05) + (0.05,) * 11
 
 
@@ -50,9 +50,10 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-  """The LSTM decoder p(x | z) of SRI_SPEC §1, and which model is trained with it."""
-  # "sri": z inferred by the short-run chain (the paper). "lm": the same decoder without z
-  # (LSTM language model). "vae": a Gaussian VAE with an LSTM encoder (see VaeConfig).
+  """The LSTM decoder p(x | z) of docs/method.md §1, and which model is trained with it."""
+  # The method (srlm/methods/): "sri": z inferred by the short-run chain (the paper). "lm": the
+  # same decoder without z (LSTM language model). "vae": a Gaussian VAE with an LSTM encoder
+  # (see VaeConfig).
   kind: str = "sri"
   embed_dim: int = 256
   hidden_dim: int = 256
@@ -66,7 +67,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class LangevinConfig:
-  """The short-run chain of SRI_SPEC §2."""
+  """The short-run chain of docs/method.md §2."""
   num_steps: int = 20
   # One step size per step; when num_steps is longer, the last value is repeated.
   step_sizes: tuple[float, ...] = PAPER_STEP_SIZES
@@ -80,7 +81,7 @@ class LangevinConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Optimisation, logging and checkpoints (SRI_SPEC §3)."""
+  """Optimisation, logging and checkpoints (docs/method.md §3)."""
   num_epochs: int = 60
   learning_rate: float = 1e-3
   grad_clip_norm: float = 5.0
@@ -100,7 +101,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class VaeConfig:
-  """The Gaussian VAE baseline (SRI_SPEC §5): ELBO with KL annealing, free bits, and the
+  """The Gaussian VAE baseline (docs/method.md §5): ELBO with KL annealing, free bits, and the
   aggressive inference-network schedule of He et al. 2019."""
   # KL weight beta rises linearly from kl_start to 1 over kl_warmup_epochs (0: always 1).
   kl_start: float = 1.0
@@ -117,11 +118,11 @@ class VaeConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-  """`--mode=eval` (SRI_SPEC §4): importance-sampled NLL/PPL, KL, REC, AU, MI."""
+  """`--mode=eval` (docs/method.md §4): importance-sampled NLL/PPL, KL, REC, AU, MI."""
   split: str = "test"
   # M: short-run chains per sentence for the importance-sampled NLL.
   num_samples: int = 10
-  # Sentences per jitted call; memory grows with it (T * D * V floats per sentence).
+  # Sentences per jitted call; memory grows with it (L * D * V floats per sentence).
   batch_size: int = 8
   # S: chains per sentence for the posterior mean and variance (AU, MI).
   num_posterior_chains: int = 10
@@ -132,7 +133,7 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class AnalysisConfig:
-  """`--mode=sample|reconstruct|interpolate|features|classify|cluster` (SRI_SPEC §6)."""
+  """`--mode=sample|reconstruct|interpolate|features|classify|cluster` (docs/method.md §6)."""
   # Decoding: temperature 0 is greedy; top_k > 0 samples among the k likeliest words.
   temperature: float = 0.0
   top_k: int = 0
@@ -188,7 +189,6 @@ class Config:
 
 
 CORPORA = ("ptb", "yahoo", "yelp", "snli", "short_yelp")
-KINDS = ("sri", "lm", "vae")
 GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -215,7 +215,6 @@ def validate(config: Config) -> Config:
     _check(getattr(d, name) >= 0, f"data.{name}", "must be >= 0 (0: whole split)")
   for name in ("embed_dim", "hidden_dim"):
     _check(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
-  _check(m.kind in KINDS, "model.kind", f"must be one of {KINDS}, got {m.kind!r}")
   _check(m.latent_dim >= 1, "model.latent_dim", f"must be >= 1, got {m.latent_dim}")
   _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   _check(m.init_scale > 0, "model.init_scale", f"must be > 0, got {m.init_scale}")

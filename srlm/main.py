@@ -76,21 +76,22 @@ def main(argv: list[str]) -> None:
   from srlm import analysis  # pylint: disable=import-outside-toplevel
   from srlm import evaluate  # pylint: disable=import-outside-toplevel
   from srlm import parallel  # pylint: disable=import-outside-toplevel
+  from srlm import reporting  # pylint: disable=import-outside-toplevel
   from srlm import train  # pylint: disable=import-outside-toplevel
   if parallel.distributed_requested(_DISTRIBUTED.value):
     parallel.initialize_distributed()
-    if not parallel.is_writer():
+    if not reporting.is_writer():
       logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
   try:
     if _MODE.value != "train":
       config = config_lib.load_run_config(_WORKDIR.value, _given_config_overrides())
       if _MODE.value == "eval":
         result = evaluate.evaluate_workdir(config, _WORKDIR.value)
-        if parallel.is_writer():
+        if reporting.is_writer():
           _print_eval(result)
       else:
         text, path = analysis.run_mode(_MODE.value, config, _WORKDIR.value)
-        if parallel.is_writer():
+        if reporting.is_writer():
           print(f"{text}\n(written to {path})")
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -109,14 +110,10 @@ def _given_config_overrides() -> dict[str, object]:
           if name.startswith(prefix) and flags.FLAGS[name].present}
 
 
-_SAMPLES = {"sri": "M={M} short-run chains per sentence",
-            "vae": "M={M} samples of q(z|x) per sentence", "lm": "exact NLL"}
-
-
 def _print_eval(result: dict) -> None:
   print(f"eval {result['split']}: checkpoint step {result['checkpoint_step']}, "
         f"{result['num_sentences']} sentences, {result['num_tokens']} tokens, "
-        f"{_SAMPLES[result['model_kind']].format(M=result['num_samples'])}\n"
+        f"{result['model_kind']}, {result['nll_samples']}\n"
         f"  NLL {result['nll']:.2f}  PPL {result['ppl']:.2f}  KL {result['kl']:.2f}  "
         f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
         f"  written to {result['path']}")

@@ -1,4 +1,4 @@
-"""The LSTM decoder p(x | z) of SRI_SPEC §1, as a Flax module.
+"""The LSTM decoder p(x | z) of docs/method.md §1, as a Flax module.
 
 Input at step t is concat(embed(x_{t-1}), z); h_0 = Linear(z), c_0 = 0; dropout on the
 embeddings and on the LSTM outputs (training only); logits_t = out_w h_t + out_b. Every
@@ -42,12 +42,12 @@ def lstm_cell(h_BxH: jax.Array, c_BxH: jax.Array, gates_in_Bx4H: jax.Array,
   return jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH
 
 
-def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
-                    keep_TxB: jax.Array | None = None, compute_dtype: str = "float32"
+def lstm_recurrence(gates_in_LxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
+                    keep_LxB: jax.Array | None = None, compute_dtype: str = "float32"
                     ) -> tuple[jax.Array, jax.Array]:
   """LSTM steps over precomputed input gates, time-major.
 
-  Returns (all h_t (T, B, H), the final h). Where keep_TxB is 0 the state is carried over
+  Returns (all h_t (L, B, H), the final h). Where keep_LxB is 0 the state is carried over
   unchanged, so the final h is the one at each sentence's last real token.
   """
   def step(carry, inputs):
@@ -59,9 +59,9 @@ def lstm_recurrence(gates_in_TxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax
       new_c = jnp.where(keep_B[:, None], new_c, c_BxH)
     return (new_h, new_c), new_h
 
-  (h_last, _), h_TxBxH = jax.lax.scan(step, (h0_BxH, jnp.zeros_like(h0_BxH)),
-                                      (gates_in_TxBx4H, keep_TxB))
-  return h_TxBxH, h_last
+  (h_last, _), h_LxBxH = jax.lax.scan(step, (h0_BxH, jnp.zeros_like(h0_BxH)),
+                                      (gates_in_LxBx4H, keep_LxB))
+  return h_LxBxH, h_last
 
 
 class Decoder(nn.Module):
@@ -103,17 +103,17 @@ class Decoder(nn.Module):
       h0_BxH = h0_BxH + matmul(z_BxD, self.init_w, self.compute_dtype)
     return gates_z_Bx4H, h0_BxH
 
-  def hidden(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
+  def hidden(self, z_BxD: jax.Array, inputs_BxL: jax.Array, *,
              deterministic: bool) -> jax.Array:
-    """LSTM outputs (T, B, H), time-major, after dropout, for inputs x_0 .. x_{T-1}."""
-    x_TxBxE = jnp.take(self.embedding, inputs_BxT.T, axis=0)
-    x_TxBxE = self.embed_dropout(x_TxBxE, deterministic=deterministic)
+    """LSTM outputs (L, B, H), time-major, after dropout, for inputs x_0 .. x_{L-1}."""
+    x_LxBxE = jnp.take(self.embedding, inputs_BxL.T, axis=0)
+    x_LxBxE = self.embed_dropout(x_LxBxE, deterministic=deterministic)
     gates_z_Bx4H, h0_BxH = self._latent_gates_and_h0(z_BxD)
-    gates_in_TxBx4H = (matmul(x_TxBxE, self.lstm_w_x, self.compute_dtype)
+    gates_in_LxBx4H = (matmul(x_LxBxE, self.lstm_w_x, self.compute_dtype)
                        + gates_z_Bx4H[None])
-    h_TxBxH, _ = lstm_recurrence(gates_in_TxBx4H, self.lstm_w_h, h0_BxH,
+    h_LxBxH, _ = lstm_recurrence(gates_in_LxBx4H, self.lstm_w_h, h0_BxH,
                                  compute_dtype=self.compute_dtype)
-    return self.output_dropout(h_TxBxH, deterministic=deterministic)
+    return self.output_dropout(h_LxBxH, deterministic=deterministic)
 
   def start(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The state (h_0, c_0) that generation starts from (dropout off)."""
@@ -131,11 +131,11 @@ class Decoder(nn.Module):
     return (h_BxH, c_BxH), (matmul(h_BxH, self.out_w.T, self.compute_dtype)
                             + self.out_b[None, :])
 
-  def __call__(self, z_BxD: jax.Array, inputs_BxT: jax.Array, *,
+  def __call__(self, z_BxD: jax.Array, inputs_BxL: jax.Array, *,
                deterministic: bool) -> jax.Array:
-    """Logits (B, T, V) of x_1 .. x_T given z and the inputs x_0 .. x_{T-1}."""
-    h_BxTxH = jnp.swapaxes(self.hidden(z_BxD, inputs_BxT, deterministic=deterministic), 0, 1)
-    return matmul(h_BxTxH, self.out_w.T, self.compute_dtype) + self.out_b[None, None, :]
+    """Logits (B, L, V) of x_1 .. x_L given z and the inputs x_0 .. x_{L-1}."""
+    h_BxLxH = jnp.swapaxes(self.hidden(z_BxD, inputs_BxL, deterministic=deterministic), 0, 1)
+    return matmul(h_BxLxH, self.out_w.T, self.compute_dtype) + self.out_b[None, None, :]
 
 
 class Encoder(nn.Module):
@@ -152,7 +152,7 @@ class Encoder(nn.Module):
   compute_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, tokens_BxT: jax.Array, mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, tokens_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
     init = uniform_init(self.init_scale)
     V, E, H, D = self.vocab_size, self.embed_dim, self.hidden_dim, self.latent_dim
     embedding_VxE = self.param("embedding", init, (V, E))
@@ -161,29 +161,26 @@ class Encoder(nn.Module):
     b_4H = self.param("lstm_b", init, (4 * H,))
     w_out_Hx2D = self.param("out_w", init, (H, 2 * D))
     b_out_2D = self.param("out_b", init, (2 * D,))
-    x_TxBxE = jnp.take(embedding_VxE, tokens_BxT.T, axis=0)
-    gates_in_TxBx4H = matmul(x_TxBxE, w_x_Ex4H, self.compute_dtype) + b_4H[None, None, :]
-    h0_BxH = jnp.zeros((tokens_BxT.shape[0], H), x_TxBxE.dtype)
-    _, h_last_BxH = lstm_recurrence(gates_in_TxBx4H, w_h_Hx4H, h0_BxH, mask_BxT.T > 0,
+    x_LxBxE = jnp.take(embedding_VxE, tokens_BxL.T, axis=0)
+    gates_in_LxBx4H = matmul(x_LxBxE, w_x_Ex4H, self.compute_dtype) + b_4H[None, None, :]
+    h0_BxH = jnp.zeros((tokens_BxL.shape[0], H), x_LxBxE.dtype)
+    _, h_last_BxH = lstm_recurrence(gates_in_LxBx4H, w_h_Hx4H, h0_BxH, mask_BxL.T > 0,
                                     self.compute_dtype)
     mean_BxD, logvar_BxD = jnp.split(
         matmul(h_last_BxH, w_out_Hx2D, self.compute_dtype) + b_out_2D[None, :], 2, axis=-1)
     return mean_BxD, logvar_BxD
 
 
-def make_decoder(model_config, vocab_size: int) -> Decoder:
-  """The decoder of config.model.kind: the LSTM-LM baseline has no latent (D = 0)."""
-  latent_dim = 0 if model_config.kind == "lm" else model_config.latent_dim
+def make_decoder(model_config, vocab_size: int, latent_dim: int) -> Decoder:
+  """The decoder of config.model's sizes with a latent of latent_dim (0: no latent)."""
   return Decoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=latent_dim,
                  dropout=model_config.dropout, init_scale=model_config.init_scale,
                  compute_dtype=model_config.compute_dtype)
 
 
-def make_encoder(model_config, vocab_size: int) -> Encoder | None:
-  """The VAE's inference network, None for the kinds without one."""
-  if model_config.kind != "vae":
-    return None
+def make_encoder(model_config, vocab_size: int) -> Encoder:
+  """An inference network q(z | x) of config.model's sizes (the VAE baselines')."""
   return Encoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=model_config.latent_dim,
                  init_scale=model_config.init_scale, compute_dtype=model_config.compute_dtype)

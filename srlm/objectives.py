@@ -1,4 +1,4 @@
-"""log p(z), log p(x | z) and log p(x, z) of SRI_SPEC §1, per sentence.
+"""log p(z), log p(x | z) and log p(x, z) of docs/method.md §1, per sentence.
 
 Sign convention: these are log densities (higher is better); losses negate them. Every function
 returns one value per sentence, shape (B,): summed over latent dimensions or tokens, never
@@ -12,10 +12,10 @@ averaged. Padding (mask 0) contributes exactly 0, to the value and to every grad
 `log_likelihood` is the hot spot of training and inference (the short-run chain evaluates its
 gradient K times per batch), so it has a hand-written VJP with the same value and gradients as
 automatic differentiation, cheaper:
-  * the target logits come from gathered rows of out_w (never a (B, T, V) gather or one-hot
+  * the target logits come from gathered rows of out_w (never a (B, L, V) gather or one-hot
     scatter);
   * the forward pass keeps exp(logits - max) and its row sums; the backward pass multiplies by
-    them and rescales (B, T, H)-sized results, so the softmax is never a separate pass.
+    them and rescales (B, L, H)-sized results, so the softmax is never a separate pass.
 """
 
 import functools
@@ -25,6 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+import optax
 
 from srlm.models import matmul
 
@@ -37,39 +38,39 @@ def log_prior(z_BxD: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def log_likelihood(hidden_TxBxH: jax.Array, out_w_VxH: jax.Array, out_b_V: jax.Array,
-                   targets_BxT: jax.Array, mask_BxT: jax.Array,
+def log_likelihood(hidden_LxBxH: jax.Array, out_w_VxH: jax.Array, out_b_V: jax.Array,
+                   targets_BxL: jax.Array, mask_BxL: jax.Array,
                    compute_dtype: str = "float32") -> jax.Array:
   """sum_t mask_t log softmax(out_w h_t + out_b)[target_t], per sentence (B,).
 
-  hidden is time-major (T, B, H), as `Decoder.hidden` returns it; targets and mask are (B, T).
+  hidden is time-major (L, B, H), as `Decoder.hidden` returns it; targets and mask are (B, L).
   compute_dtype "bfloat16" rounds the inputs of the two (N x H x V) matmuls, forward and
   backward, to bf16; they accumulate in f32, and the softmax is f32.
   """
-  return _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT,
+  return _log_likelihood_fwd(hidden_LxBxH, out_w_VxH, out_b_V, targets_BxL, mask_BxL,
                              compute_dtype)[0]
 
 
-def _log_likelihood_fwd(hidden_TxBxH, out_w_VxH, out_b_V, targets_BxT, mask_BxT,
+def _log_likelihood_fwd(hidden_LxBxH, out_w_VxH, out_b_V, targets_BxL, mask_BxL,
                         compute_dtype="float32"):
-  T, B, H = hidden_TxBxH.shape
-  h_NxH = hidden_TxBxH.reshape(T * B, H)
-  targets_N = targets_BxT.T.reshape(T * B)
-  keep_N = mask_BxT.T.reshape(T * B) > 0
+  L, B, H = hidden_LxBxH.shape
+  h_NxH = hidden_LxBxH.reshape(L * B, H)
+  targets_N = targets_BxL.T.reshape(L * B)
+  keep_N = mask_BxL.T.reshape(L * B) > 0
   logits_NxV = matmul(h_NxH, out_w_VxH.T, compute_dtype) + out_b_V[None, :]
   max_N = jax.lax.stop_gradient(jnp.max(logits_NxV, axis=-1))
   exp_NxV = jnp.exp(logits_NxV - max_N[:, None])
   sum_N = jnp.sum(exp_NxV, axis=-1)
   target_logits_N = jnp.sum(h_NxH * out_w_VxH[targets_N], axis=-1) + out_b_V[targets_N]
   token_log_probs_N = jnp.where(keep_N, target_logits_N - max_N - jnp.log(sum_N), 0.0)
-  value_B = jnp.sum(token_log_probs_N.reshape(T, B), axis=0)
-  return value_B, (h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B))
+  value_B = jnp.sum(token_log_probs_N.reshape(L, B), axis=0)
+  return value_B, (h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (L, B))
 
 
 def _log_likelihood_bwd(compute_dtype, residuals, g_B):
-  h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (T, B) = residuals
+  h_NxH, out_w_VxH, exp_NxV, sum_N, targets_N, keep_N, (L, B) = residuals
   # d value / d logits_n = g_n (onehot(target_n) - exp_n / sum_n) on kept tokens.
-  g_N = jnp.where(keep_N, jnp.broadcast_to(g_B, (T, B)).reshape(T * B), 0.0)
+  g_N = jnp.where(keep_N, jnp.broadcast_to(g_B, (L, B)).reshape(L * B), 0.0)
   scale_N = g_N / sum_N
   target_w_NxH = out_w_VxH[targets_N]
   d_h_NxH = (g_N[:, None] * target_w_NxH
@@ -77,7 +78,7 @@ def _log_likelihood_bwd(compute_dtype, residuals, g_B):
   d_w_VxH = (-matmul(exp_NxV.T, scale_N[:, None] * h_NxH, compute_dtype)).at[targets_N].add(
       g_N[:, None] * h_NxH)
   d_b_V = (-(scale_N @ exp_NxV)).at[targets_N].add(g_N)
-  return d_h_NxH.reshape(T, B, -1), d_w_VxH, d_b_V, None, None
+  return d_h_NxH.reshape(L, B, -1), d_w_VxH, d_b_V, None, None
 
 
 log_likelihood.defvjp(_log_likelihood_fwd, _log_likelihood_bwd)
@@ -87,11 +88,17 @@ def decoder_log_likelihood(model: nn.Module, params, z_BxD: jax.Array, batch: Ba
                            dropout_rng: jax.Array | None) -> jax.Array:
   """log p(x | z) per sentence under a `models.Decoder`; dropout is on iff dropout_rng is set."""
   deterministic = dropout_rng is None
-  hidden_TxBxH = model.apply({"params": params}, z_BxD, batch["inputs"],
+  hidden_LxBxH = model.apply({"params": params}, z_BxD, batch["inputs"],
                              deterministic=deterministic, method="hidden",
                              rngs=None if deterministic else {"dropout": dropout_rng})
-  return log_likelihood(hidden_TxBxH, params["out_w"], params["out_b"], batch["targets"],
+  return log_likelihood(hidden_LxBxH, params["out_w"], params["out_b"], batch["targets"],
                         batch["mask"], model.compute_dtype)
+
+
+def nll_from_log_weights(log_w_MxB: jax.Array) -> jax.Array:
+  """The importance-sampled -log p(x) per sentence from M log weights log p(x, z_m) - log
+  q(z_m | x) each: -(logsumexp_m log w_m - log M), (B,)."""
+  return -(jax.nn.logsumexp(log_w_MxB, axis=0) - math.log(log_w_MxB.shape[0]))
 
 
 def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],
@@ -100,7 +107,7 @@ def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],
   return log_likelihood_fn(z_BxD) + log_prior(z_BxD)
 
 
-# --- The Gaussian VAE baseline (SRI_SPEC §5) -------------------------------------------------
+# --- The Gaussian VAE baseline (docs/method.md §5) -------------------------------------------------
 
 def gaussian_kl(mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
   """KL(N(mean, diag exp(logvar)) || N(0, I)) per sentence and dimension, (B, D):
@@ -125,10 +132,10 @@ def kl_penalty(kl_BxD: jax.Array, sentence_mask_B: jax.Array, free_bits: float) 
   return jnp.sum(jnp.maximum(mean_kl_D, free_bits))
 
 
-def kl_weight(step: jax.Array, steps_per_epoch: int, kl_start: float,
-              warmup_epochs: float) -> jax.Array:
-  """Linear KL annealing: kl_start at step 0, 1 after warmup_epochs epochs (He et al. 2019)."""
+def kl_weight_schedule(kl_start: float, warmup_epochs: float,
+                       steps_per_epoch: int) -> optax.Schedule:
+  """Linear KL annealing as an optax schedule of the decoder step: kl_start at step 0, 1 after
+  warmup_epochs epochs and from then on (He et al. 2019); 1 throughout if warmup_epochs <= 0."""
   if warmup_epochs <= 0:
-    return jnp.float32(1.0)
-  progress = jnp.asarray(step, jnp.float32) / (warmup_epochs * steps_per_epoch)
-  return jnp.minimum(1.0, kl_start + (1.0 - kl_start) * progress)
+    return optax.constant_schedule(1.0)
+  return optax.linear_schedule(kl_start, 1.0, warmup_epochs * steps_per_epoch)

@@ -1,4 +1,4 @@
-"""Data parallelism on JAX's own runtime (SRI_SPEC's scale-out): a mesh with one axis, "data".
+"""Data parallelism on JAX's own runtime: a mesh with one axis, "data".
 
 Parameters and optimiser states are replicated; every batch is sharded by rows, so each
 device runs the short-run chains (and their keys' share of the random numbers) of its own
@@ -12,6 +12,7 @@ Multi-host: every process runs the same program (`jax.distributed.initialize()` 
 """
 
 import os
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
@@ -20,6 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from srlm import reporting
 from srlm.data import pipeline
 from srlm.errors import ConfigError
 
@@ -47,17 +49,12 @@ def initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def is_writer() -> bool:
-  """Whether this process writes files (metrics, checkpoints' side files, results)."""
-  return jax.process_index() == 0
-
-
 def load_corpus(config) -> pipeline.Corpus:
   """pipeline.load_corpus, with process 0 preparing the TFDS data first and the others
   reading it after a barrier (several processes preparing one directory would collide)."""
   if jax.process_count() == 1:
     return pipeline.load_corpus(config)
-  corpus = pipeline.load_corpus(config) if is_writer() else None
+  corpus = pipeline.load_corpus(config) if reporting.is_writer() else None
   multihost_utils.sync_global_devices("srlm: corpus prepared")
   return corpus or pipeline.load_corpus(config)
 
@@ -91,12 +88,15 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, flag: str) -> Non
                       f"devices ({mesh.size}), which share each batch's sentences.")
 
 
-def jit_replicated(fn: Callable, mesh: jax.sharding.Mesh | None) -> Callable:
+def jit_replicated(fn: Callable, mesh: jax.sharding.Mesh | None,
+                   donate_argnames: str | tuple[str, ...] = ()) -> Callable:
   """jax.jit with every output replicated on the mesh: parameters stay replicated, and each
-  process can read per-sentence results without a gather. Without a mesh, plain jax.jit."""
+  process can read per-sentence results without a gather. Without a mesh, plain jax.jit.
+  donate_argnames: arguments whose buffers the outputs may reuse (the train state: parameters
+  and Adam moments are then not held twice); the caller must not use them after the call."""
   if mesh is None:
-    return jax.jit(fn)
-  return jax.jit(fn, out_shardings=replicated(mesh))
+    return jax.jit(fn, donate_argnames=donate_argnames)
+  return jax.jit(fn, out_shardings=replicated(mesh), donate_argnames=donate_argnames)
 
 
 def global_batch(sentences: Sequence[np.ndarray], length: int, batch_size: int,
@@ -118,6 +118,33 @@ def batches(split: pipeline.Split, plan: pipeline.BatchPlan, batch_size: int,
   for i in range(start, len(plan)):
     yield global_batch([split.sentences[j] for j in plan.indices[i]], plan.lengths[i],
                        batch_size, mesh)
+
+
+def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipeline.Split,
+              buckets: Sequence[int], batch_size: int, mesh: jax.sharding.Mesh,
+              rng: jax.Array, label: str = "",
+              status: Callable[[], str] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+  """Runs fn(batch, key) over a whole split, batch by batch in bucket order.
+
+  Batch i gets key fold_in(rng, i); batch_size must divide among the mesh's devices
+  (`check_batch_size`, which callers run before any expensive work). Yields (the batch's sentence indices into the split, fn's
+  output on the host with the padding rows dropped): every leaf of the output must have the
+  batch as its first axis. With a label, logs progress with an ETA every 10 batches (and
+  `status()`, the caller's running summary, if given).
+  """
+  plan = pipeline.plan_batches(split, buckets, batch_size)
+  done, start = 0, time.time()
+  for i, batch in enumerate(batches(split, plan, batch_size, mesh)):
+    indices = np.asarray(plan.indices[i])
+    # A batch's sentences fill its first rows; the rest is padding.
+    yield indices, jax.tree.map(lambda x: x[:len(indices)], to_host(fn(batch,
+                                                                      jax.random.fold_in(rng, i))))
+    done += len(indices)
+    if label and (i == 0 or (i + 1) % 10 == 0 or i + 1 == len(plan)):
+      elapsed = time.time() - start
+      logging.info("%s: %d/%d sentences%s | ETA %s", label, done, len(split),
+                   f", {status()}" if status else "",
+                   reporting.format_seconds(elapsed / done * (len(split) - done)))
 
 
 def to_host(tree: Any) -> Any:

@@ -8,9 +8,8 @@ import os
 
 import numpy as np
 
-# Per-kind second panel of the training curves: (metrics key, axis label).
-_SECOND_PANEL = (("kl_per_sentence", "KL per sentence"),
-                 ("z_distance", "|z_K - z_0| (chain travel)"))
+from srlm import probes
+from srlm import reporting
 
 
 def _read_metrics(path: str) -> list[dict]:
@@ -24,20 +23,21 @@ def _read_metrics(path: str) -> list[dict]:
   return records
 
 
-def training_curves(workdir: str) -> str | None:
+def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str | None:
   """WORKDIR/training_curves.png from metrics.jsonl: training NLL per token and validation
-  reconstruction per token against the step, and the KL (VAE) or the chain's travel (SRI).
-  Returns the path, or None when there are no metrics yet."""
+  reconstruction per token against the step, and beside them `curve` = (metric, label), a
+  method's own (`Method.curve`: the VAE's KL, SRI's chain travel), when given. Returns the
+  path, or None when there are no metrics yet."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(metrics_path):
+  if not reporting.is_writer() or not os.path.exists(metrics_path):
     return None
   records = _read_metrics(metrics_path)
   train = [r for r in records if r.get("split") == "train"]
   valid = [r for r in records if r.get("split") == "valid"]
   if not train:
     return None
-  second = next(((key, label) for key, label in _SECOND_PANEL if key in train[-1]), None)
+  second = curve if curve and curve[0] in train[-1] else None
   figure = Figure(figsize=(10 if second else 5.5, 4), layout="constrained")
   axes = figure.subplots(1, 2 if second else 1, squeeze=False)[0]
   axes[0].plot([r["step"] for r in train], [r["nll_per_token"] for r in train],
@@ -55,9 +55,7 @@ def training_curves(workdir: str) -> str | None:
                    label=f"valid {label}")
     axes[1].set(xlabel="step", ylabel=label)
     axes[1].legend()
-  path = os.path.join(workdir, "training_curves.png")
-  figure.savefig(path, dpi=100)
-  return path
+  return reporting.save_figure(figure, os.path.join(workdir, "training_curves.png"))
 
 
 def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str,
@@ -65,11 +63,8 @@ def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str
   """A scatter plot of the features' first two principal components, coloured by label
   (grey when unlabelled)."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  centred = features_NxD - features_NxD.mean(axis=0)
-  # Principal directions from the SVD; a 1-D code is plotted against zero.
-  _, _, directions = np.linalg.svd(centred, full_matrices=False)
-  projected = centred @ directions[:2].T
-  if projected.shape[1] == 1:
+  projected = probes.principal_components(features_NxD, 2)
+  if projected.shape[1] == 1:  # a 1-D code is plotted against zero
     projected = np.concatenate([projected, np.zeros_like(projected)], axis=1)
   figure = Figure(figsize=(5.5, 5), layout="constrained")
   axes = figure.subplots()
@@ -82,5 +77,4 @@ def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str
                    label=f"label {label}")
     axes.legend(markerscale=3)
   axes.set(xlabel="principal component 1", ylabel="principal component 2", title=title)
-  figure.savefig(path, dpi=100)
-  return path
+  return reporting.save_figure(figure, path)

@@ -1,4 +1,4 @@
-"""What latent features are good for (SRI_SPEC §6): a linear classifier trained on few labels,
+"""What latent features are good for (docs/method.md §6): a linear classifier trained on few labels,
 and unsupervised clustering. Pure functions of (features, labels) arrays, built on
 scikit-learn's logistic regression, PCA and Gaussian mixture."""
 
@@ -79,14 +79,19 @@ def best_mapping_accuracy(clusters: np.ndarray, labels: np.ndarray) -> float:
   return float(counts[rows, cols].sum() / len(labels))
 
 
+def principal_components(features_NxD: np.ndarray, num_dims: int, seed: int = 0) -> np.ndarray:
+  """The features projected on their first min(num_dims, D) principal components (N, <=d)."""
+  num_dims = min(num_dims, features_NxD.shape[1])
+  return decomposition.PCA(num_dims, random_state=seed).fit_transform(features_NxD)
+
+
 def cluster(data: Labelled, num_dims: int = 4, seed: int = 0) -> dict:
   """PCA to num_dims dimensions, then a Gaussian mixture with one component per label;
   accuracy of the components as labels under the best mapping."""
   _check_labelled(data)
-  num_dims = min(num_dims, data.features.shape[1])
-  projected = decomposition.PCA(num_dims, random_state=seed).fit_transform(data.features)
+  projected = principal_components(data.features, num_dims, seed)
   num_clusters = len(np.unique(data.labels))
   gmm = mixture.GaussianMixture(num_clusters, n_init=5, random_state=seed).fit(projected)
-  return {"split": data.name, "num_sentences": len(data.labels), "pca_dims": num_dims,
+  return {"split": data.name, "num_sentences": len(data.labels), "pca_dims": projected.shape[1],
           "num_clusters": num_clusters,
           "accuracy": best_mapping_accuracy(gmm.predict(projected), data.labels)}

@@ -8,7 +8,8 @@ import pytest
 
 from srlm import analysis
 from srlm import config as config_lib
-from srlm import evaluate
+from srlm import methods
+from srlm import runs
 from srlm import train
 from srlm.errors import UserError
 
@@ -76,9 +77,8 @@ def test_interpolate_decodes_every_point_of_every_pair(workdir, tmp_path):
 
 
 def test_posterior_means_are_deterministic_given_the_seed(workdir):
-  from srlm import evaluate  # pylint: disable=import-outside-toplevel
   config = _config(workdir)
-  run = evaluate.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir)
   a = analysis.posterior_means(config, run, ["the market fell", "stocks rose"])
   b = analysis.posterior_means(config, run, ["the market fell", "stocks rose"])
   assert a.shape == (2, config.model.latent_dim) and (a == b).all()
@@ -96,10 +96,11 @@ def test_bad_analysis_input_is_explained(workdir, mode, fields, message):
 
 
 def test_the_lm_has_no_latent_space_to_analyse():
-  config = config_lib.tiny()
-  config.model.kind = "lm"
-  with pytest.raises(UserError, match="LSTM-LM"):
-    analysis.sample_prior(config, run=None)
+  config = replace(config_lib.tiny(), model={"kind": "lm"})
+  run = runs.TrainedRun(corpus=None, method=methods.get(config, 30), params=None, step=0)
+  for mode in (analysis.sample_prior, lambda c, r: analysis.features(c, r, "test", "/tmp")):
+    with pytest.raises(UserError, match="kind=lm"):
+      mode(config, run)
 
 
 def _feature_config(workdir, **fields):
@@ -109,7 +110,7 @@ def _feature_config(workdir, **fields):
 
 def test_features_have_one_row_per_sentence_and_depend_only_on_the_seed(workdir, tmp_path):
   config = _feature_config(workdir)
-  run = evaluate.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir)
   first = analysis.features(config, run, "valid", str(tmp_path / "a"))
   second = analysis.features(config, run, "valid", str(tmp_path / "b"))
   num_valid = len(run.corpus.splits["valid"])
@@ -122,7 +123,7 @@ def test_features_have_one_row_per_sentence_and_depend_only_on_the_seed(workdir,
 
 def test_features_are_reused_only_for_the_same_checkpoint_and_settings(workdir, tmp_path):
   config = _feature_config(workdir)
-  run = evaluate.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir)
   out = str(tmp_path)
   computed = analysis.features(config, run, "valid", out)
   saved = np.load(os.path.join(out, "features_valid.npy"))

@@ -13,8 +13,10 @@ import pytest
 from srlm import config as config_lib
 from srlm import evaluate
 from srlm import langevin
+from srlm import methods
 from srlm import objectives
 from srlm import train
+from srlm.methods import sri
 from srlm.models import Decoder, Encoder
 
 from conftest import replace
@@ -44,7 +46,7 @@ def gaussian_log_weights():
   E[w] = p(x) still holds but the weights' tails make Monte Carlo checks useless."""
   vgh = langevin.per_example_value_grad_hessian(
       lambda z: _gaussian_log_likelihood(z) + objectives.log_prior(z))
-  run = jax.jit(lambda key: evaluate.importance_weights(
+  run = jax.jit(lambda key: sri.importance_weights(
       key, 3, 2, vgh, _gaussian_log_likelihood, jnp.full((3,), 0.3), 0.2)["log_w"])
   return np.asarray(jax.lax.map(run, jax.random.split(jax.random.key(0), 4000)), np.float64)
 
@@ -58,7 +60,7 @@ def test_short_run_importance_sampling_recovers_the_exact_marginal(gaussian_log_
   assert np.all(np.abs(w_ratio.mean(axis=0) - 1.0) < 4 * std_err + 0.01), (
       w_ratio.mean(axis=0), std_err)
   # With all M = 4000 samples the NLL estimate is the true -log p(x) within that error.
-  nll = np.asarray(evaluate.nll_from_log_weights(jnp.asarray(log_w)))
+  nll = np.asarray(objectives.nll_from_log_weights(jnp.asarray(log_w)))
   assert np.all(np.abs(nll - true_nll) < 4 * std_err + 0.01), (nll, true_nll)
 
 
@@ -66,7 +68,7 @@ def test_iw_bound_tightens_as_m_grows(gaussian_log_weights):
   """E[NLL_M] decreases in M towards -log p(x) (averaged over disjoint groups of M)."""
   log_w = jnp.asarray(gaussian_log_weights)
   true_nll = -np.asarray(_true_log_marginal(), np.float64)
-  bias = {m: float(np.mean(evaluate.nll_from_log_weights(log_w.reshape(-1, m, 3).swapaxes(0, 1))
+  bias = {m: float(np.mean(objectives.nll_from_log_weights(log_w.reshape(-1, m, 3).swapaxes(0, 1))
                            .mean(axis=0) - true_nll)) for m in (1, 10, 100, 4000)}
   assert bias[1] > bias[10] > bias[100] > -0.02, bias
   assert abs(bias[4000]) < abs(bias[1]) / 10, bias
@@ -84,7 +86,7 @@ def _reference_log_joint(model, params, batch):
 def test_decoder_hessian_matches_autodiff(tiny_decoder):
   model, params, batch = tiny_decoder
   z = jax.random.normal(jax.random.key(1), (4, 3))
-  got = evaluate.decoder_value_grad_hessian(model, params, batch)(z)
+  got = sri.decoder_value_grad_hessian(model, params, batch)(z)
   want = langevin.per_example_value_grad_hessian(_reference_log_joint(model, params, batch))(z)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -102,7 +104,7 @@ def test_logdet_equals_brute_force_jacobian_of_the_chain(tiny_decoder):
     return langevin.short_run_chain(key, z0_BxD, value_and_grad, steps, 0.2)[0]
 
   zK, logdet, _ = langevin.short_run_chain_with_logdet(
-      key, z0, evaluate.decoder_value_grad_hessian(model, params, batch), steps, 0.2)
+      key, z0, sri.decoder_value_grad_hessian(model, params, batch), steps, 0.2)
   np.testing.assert_allclose(zK, chain_map(z0), rtol=1e-4, atol=1e-5)  # same noise, same z_K
   full = jax.jacrev(lambda z: chain_map(z.reshape(4, 3)).reshape(-1))(z0.reshape(-1))
   for b in range(4):  # chains are independent: the Jacobian is block diagonal
@@ -121,7 +123,7 @@ def test_jacobian_and_end_point_must_share_their_noise(tiny_decoder):
   """With other noise the log-det changes: drawing the two separately (the original code's
   bug) gives a different density than the one of the z_K that is scored."""
   model, params, batch = tiny_decoder
-  vgh = evaluate.decoder_value_grad_hessian(model, params, batch)
+  vgh = sri.decoder_value_grad_hessian(model, params, batch)
   steps = jnp.asarray(config_lib.step_sizes(config_lib.LangevinConfig()))
   z0 = jax.random.normal(jax.random.key(6), (4, 3))
   za, logdet_a, _ = langevin.short_run_chain_with_logdet(jax.random.key(1), z0, vgh, steps, 0.2)
@@ -168,10 +170,18 @@ def test_workdir_evaluation_writes_every_metric(tiny_config, tmp_path):
   assert saved["ppl"] == pytest.approx(math.exp(saved["nll"] * 6 / saved["num_tokens"]))
 
 
-def test_single_sample_nll_is_rec_plus_kl(tiny_config, tiny_decoder):
-  model, params, batch = tiny_decoder
-  config = replace(tiny_config, eval={"num_samples": 1})
-  out = evaluate.make_nll_step(config, model)({"decoder": params}, batch, jax.random.key(0))
+def _tiny_decoder_method(kind, num_samples):
+  """The method `kind` with the sizes of the tiny_decoder fixture (V=23, E=8, H=12, D=3)."""
+  config = replace(config_lib.tiny(), model={"kind": kind, "embed_dim": 8, "hidden_dim": 12,
+                                             "latent_dim": 3},
+                   eval={"num_samples": num_samples})
+  return methods.get(config, 23)
+
+
+def test_single_sample_nll_is_rec_plus_kl(tiny_decoder):
+  _, params, batch = tiny_decoder
+  nll_step = _tiny_decoder_method("sri", num_samples=1).nll_step
+  out = jax.jit(nll_step)({"decoder": params}, batch, jax.random.key(0))
   np.testing.assert_allclose(out["nll"], out["rec"] + out["kl"], rtol=1e-5)
 
 
@@ -181,9 +191,8 @@ def test_lm_nll_equals_a_token_by_token_sum(tiny_decoder):
                   init_scale=0.1)
   lm_params = model.init(jax.random.key(3), jnp.zeros((1, 0)), jnp.zeros((1, 2), jnp.int32),
                          deterministic=True)["params"]
-  config = config_lib.tiny()
-  config.model.kind = "lm"
-  nll = evaluate.make_nll_step(config, model)({"decoder": lm_params}, batch, jax.random.key(0))
+  nll = jax.jit(_tiny_decoder_method("lm", num_samples=1).nll_step)(
+      {"decoder": lm_params}, batch, jax.random.key(0))
   for b in range(batch["inputs"].shape[0]):
     total, t = 0.0, 0
     while t < batch["mask"].shape[1] and batch["mask"][b, t] > 0:
@@ -197,16 +206,13 @@ def test_lm_nll_equals_a_token_by_token_sum(tiny_decoder):
 
 
 def test_vae_iw_bound_tightens_with_more_samples(tiny_decoder):
-  model, params, batch = tiny_decoder
+  _, params, batch = tiny_decoder
   encoder = Encoder(vocab_size=23, embed_dim=8, hidden_dim=12, latent_dim=3, init_scale=0.5)
   encoder_params = encoder.init(jax.random.key(4), batch["targets"], batch["mask"])["params"]
-  config = config_lib.tiny()
-  config.model.kind = "vae"
   all_params = {"decoder": params, "encoder": encoder_params}
 
   def mean_nll(m, seeds):
-    config.eval.num_samples = m
-    step = evaluate.make_nll_step(config, model, encoder)
+    step = jax.jit(_tiny_decoder_method("vae", num_samples=m).nll_step)
     return float(np.mean([step(all_params, batch, jax.random.key(s))["nll"] for s in seeds]))
 
   nll_1, nll_10 = mean_nll(1, range(200)), mean_nll(10, range(50))

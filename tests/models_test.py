@@ -39,7 +39,7 @@ def test_dropout_only_in_training_and_fresh_per_key(tiny_decoder):
 
 
 def test_paper_sizes_and_uniform_init():
-  model = make_decoder(config_lib.ModelConfig(), vocab_size=10002)
+  model = make_decoder(config_lib.ModelConfig(), vocab_size=10002, latent_dim=32)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32)), jnp.zeros((1, 2), jnp.int32),
                       deterministic=True)["params"]
   shapes = {k: v.shape for k, v in params.items()}

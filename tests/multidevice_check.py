@@ -12,10 +12,11 @@ import numpy as np
 
 from srlm import config as config_lib
 from srlm import evaluate
+from srlm import methods
 from srlm import parallel
+from srlm import state as state_lib
 from srlm import train
 from srlm.data import pipeline
-from srlm.models import make_decoder
 
 
 def _max_diff(a, b) -> float:
@@ -31,17 +32,18 @@ def main(tfds_dir: str) -> None:
   config.eval.batch_size = 8
   config.eval.max_sentences = 24
   corpus = pipeline.load_corpus(config.data)
-  model = make_decoder(config.model, len(corpus.vocab))
+  method = methods.get(config, len(corpus.vocab))
   split = corpus.splits["train"]
   plan = pipeline.epoch_plan(split, config.data, config.train.seed, 0)
   rng = jax.random.key(3)
   mesh = parallel.make_mesh(8)
   out = {}
 
-  single_state = train.create_train_state(config, model, jax.random.key(0))
-  single_step = train.make_train_step(config, model)
-  sharded_state = train.create_replicated_train_state(config, model, jax.random.key(0), mesh)
-  sharded_step = train.make_train_step(config, model, mesh=mesh)
+  single_state = state_lib.create_train_state(method, config.train, jax.random.key(0))
+  single_step = train.make_train_step(method)
+  sharded_state = state_lib.create_replicated_train_state(method, config.train,
+                                                          jax.random.key(0), mesh)
+  sharded_step = train.make_train_step(method, mesh=mesh)
   out["initial_params"] = _max_diff(single_state.params, sharded_state.params)
   for i in range(2):
     sentences = [split.sentences[j] for j in plan.indices[i]]
@@ -62,7 +64,7 @@ def main(tfds_dir: str) -> None:
   for num_devices in (1, 8):
     config.parallel.num_devices = num_devices
     results[num_devices] = evaluate.evaluate_split(
-        config, model, {"decoder": single_state.params["decoder"]}, corpus.splits["valid"],
+        config, method, {"decoder": single_state.params["decoder"]}, corpus.splits["valid"],
         jax.random.key(5))
   for key in ("nll", "kl", "rec", "mi"):
     out[f"eval_{key}"] = abs(results[1][key] - results[8][key])

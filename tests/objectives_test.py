@@ -104,11 +104,11 @@ def test_free_bits_floor_each_dimension_of_the_batch_mean_kl():
 
 
 def test_kl_annealing_is_linear_in_steps():
-  weight = lambda step: float(objectives.kl_weight(step, 100, 0.1, 10.0))
+  weight = lambda step: float(objectives.kl_weight_schedule(0.1, 10.0, 100)(step))
   assert weight(0) == pytest.approx(0.1)
   assert weight(500) == pytest.approx(0.55)
   assert weight(1000) == weight(5000) == pytest.approx(1.0)
-  assert float(objectives.kl_weight(0, 100, 0.1, 0.0)) == 1.0
+  assert float(objectives.kl_weight_schedule(0.1, 0.0, 100)(0)) == 1.0
 
 
 def test_bfloat16_matmuls_stay_close_to_float32_and_return_float32(problem):

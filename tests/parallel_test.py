@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from srlm import config as config_lib
-from srlm import evaluate
+from srlm import runs
 from srlm import parallel
 from srlm.data import pipeline
 from srlm.errors import ConfigError
@@ -88,7 +88,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, t
     steps = [json.loads(line)["step"] for line in f if '"train"' in line]
   assert steps == [1, 2, 3, 4, 5]
   _train(one, tfds_dir, 5, num_processes=1)
-  two_run, one_run = (evaluate.restore_trained(config, w) for w in (two, one))
+  two_run, one_run = (runs.restore_trained(config, w) for w in (two, one))
   assert two_run.step == one_run.step == 5
   for a, b in zip(jax.tree.leaves(two_run.params), jax.tree.leaves(one_run.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

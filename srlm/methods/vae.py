@@ -1,0 +1,191 @@
+"""The Gaussian VAE baselines (docs/method.md §5): an LSTM encoder q(z | x) = N(mean,
+diag exp(logvar)) of the decoder's sizes, trained with the decoder on the ELBO
+
+    loss = mean over sentences of -log p(x | z), z ~ q(z | x)  +  beta * KL penalty,
+
+with linear KL annealing (beta from `vae.kl_start` to 1 over `vae.kl_warmup_epochs`), free
+bits (a per-dimension floor on the batch-mean KL) and He et al. (2019)'s aggressive schedule:
+during the first `vae.aggressive_epochs` epochs, before each decoder step, the encoder alone is
+updated on random batches until its loss stops improving (`loop_step`).
+
+Evaluation: the importance-weighted bound with q(z | x) as proposal (M samples), the KL in
+closed form, REC over the same samples; the posterior is q(z | x) itself (AU from the encoder
+means, MI in closed form for the Gaussians); features are the encoder means.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from srlm import objectives
+from srlm import parallel
+from srlm.config import Config
+from srlm.data import pipeline
+from srlm.methods import base
+from srlm.models import Decoder, Encoder, make_decoder, make_encoder
+
+
+def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_epoch: int,
+                    parts: tuple[str, ...] = ("encoder", "decoder")) -> base.TrainStepFn:
+  """The ELBO step; `parts` says which of encoder / decoder it updates. Only a step that
+  updates the decoder counts as a step (the aggressive schedule's encoder-only updates don't),
+  and beta is a function of that count."""
+  vcfg = config.vae
+  counts_step = "decoder" in parts
+  kl_weight = objectives.kl_weight_schedule(vcfg.kl_start, vcfg.kl_warmup_epochs,
+                                            steps_per_epoch)
+
+  def train_step(state, batch, rng):
+    z_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    sentence_mask_B = base.sentence_mask(batch)
+    num_sentences = jnp.sum(sentence_mask_B)
+    beta = kl_weight(state.step)
+
+    def loss_fn(params):
+      mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                           batch["mask"])
+      z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(z_rng, mean_BxD.shape)
+      nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
+                                                 dropout_rng)
+      kl_BxD = objectives.gaussian_kl(mean_BxD, logvar_BxD) * sentence_mask_B[:, None]
+      penalty = objectives.kl_penalty(kl_BxD, sentence_mask_B, vcfg.free_bits)
+      loss = jnp.sum(nll_B) / jnp.maximum(num_sentences, 1.0) + beta * penalty
+      return loss, (nll_B, kl_BxD)
+
+    (loss, (nll_B, kl_BxD)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = {part: grads[part] for part in parts}
+    state = state.apply_gradients(grads, count_step=counts_step)
+    return state, {"loss": loss, "nll_sum": jnp.sum(nll_B), "kl_sum": jnp.sum(kl_BxD),
+                   "num_tokens": jnp.sum(batch["mask"]), "num_sentences": num_sentences,
+                   "kl_weight": beta, "param_grad_norm": optax.tree.norm(grads),
+                   "encoder_steps": jnp.float32(1.0)}
+
+  return train_step
+
+
+def aggressive_encoder_updates(encoder_step: base.TrainStepFn, state, split: pipeline.Split,
+                               plan: pipeline.BatchPlan, config: Config, rng: jax.Array,
+                               step: int, mesh: jax.sharding.Mesh):
+  """He et al. 2019's inner loop: encoder-only updates on random batches of `plan` until the
+  summed loss of a window of `aggressive_window` updates is no lower than the previous
+  window's, or `aggressive_max_steps` updates. Returns the state and the number of updates.
+
+  The batches are a function of (seed, step), so a resumed run repeats them.
+  """
+  vcfg, batch_size = config.vae, config.data.batch_size
+  choice = np.random.default_rng([config.train.seed, step, 1])
+  previous, current = math.inf, 0.0
+  for update in range(1, vcfg.aggressive_max_steps + 1):
+    index = int(choice.integers(len(plan)))
+    batch = parallel.global_batch([split.sentences[j] for j in plan.indices[index]],
+                                  plan.lengths[index], batch_size, mesh)
+    batch["epoch"] = np.int32(0)
+    state, metrics = encoder_step(state, batch, jax.random.fold_in(rng, update))
+    current += float(metrics["loss"])
+    if update % vcfg.aggressive_window == 0:
+      if current >= previous:
+        break
+      previous, current = current, 0.0
+  return state, update
+
+
+def _aggressive_loop_step(config: Config, model: Decoder, encoder: Encoder,
+                          steps_per_epoch: int):
+  """LoopContext -> LoopStep: during the first aggressive_epochs epochs, the inner encoder
+  loop then a decoder-only step; afterwards the joint step."""
+  def make_loop_step(context: base.LoopContext) -> base.LoopStep:
+    step_of = lambda parts: context.jit(
+        make_train_step(config, model, encoder, steps_per_epoch, parts))
+    encoder_step, decoder_step = step_of(("encoder",)), step_of(("decoder",))
+    joint_step = step_of(("encoder", "decoder"))
+    inner_plan = pipeline.plan_batches(context.train_split, config.data.buckets,
+                                       config.data.batch_size)
+    inner_rng = jax.random.fold_in(context.rng, 1 << 30)
+
+    def loop_step(state, batch, epoch, step):
+      if epoch >= config.vae.aggressive_epochs:
+        return joint_step(state, batch, context.rng)
+      state, encoder_updates = aggressive_encoder_updates(
+          encoder_step, state, context.train_split, inner_plan, config, inner_rng, step,
+          context.mesh)
+      state, metrics = decoder_step(state, batch, context.rng)
+      return state, {**metrics, "encoder_steps": encoder_updates}
+
+    return loop_step
+  return make_loop_step
+
+
+def _progress(summary: dict[str, float]) -> str:
+  return (f"KL {summary['kl_per_sentence']:.2f} beta {summary['kl_weight']:.3f} "
+          f"encoder steps {summary['encoder_steps']:.1f}")
+
+
+def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
+  model = make_decoder(config.model, vocab_size, config.model.latent_dim)
+  encoder = make_encoder(config.model, vocab_size)
+  num_samples = config.eval.num_samples
+
+  def init_params(rng):
+    decoder_rng, encoder_rng = jax.random.split(rng)
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    return {"decoder": base.init_decoder(model, decoder_rng),
+            "encoder": encoder.init(encoder_rng, tokens, jnp.ones((1, 2)))["params"]}
+
+  def posterior_step(params, batch, rng):
+    del rng
+    mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                         batch["mask"])
+    return mean_BxD, jnp.exp(logvar_BxD)
+
+  def valid_step(params, batch, rng):
+    mean, logvar = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                 batch["mask"])
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None),
+            "kl": jnp.sum(objectives.gaussian_kl(mean, logvar), axis=-1)}
+
+  def nll_step(params, batch, rng):
+    mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                         batch["mask"])
+
+    def one_sample(key):
+      z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(key, mean_BxD.shape)
+      log_lik_B = objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
+                                                    None)
+      log_w_B = (log_lik_B + objectives.log_prior(z_BxD)
+                 - objectives.log_normal_diag(z_BxD, mean_BxD, logvar_BxD))
+      return log_w_B, log_lik_B
+
+    log_w_MxB, log_lik_MxB = jax.lax.map(one_sample, jax.random.split(rng, num_samples))
+    return {"nll": objectives.nll_from_log_weights(log_w_MxB),
+            "kl": jnp.sum(objectives.gaussian_kl(mean_BxD, logvar_BxD), axis=-1),
+            "rec": -jnp.mean(log_lik_MxB, axis=0)}
+
+  return base.Method(
+      name="vae",
+      decoder=model,
+      init_params=init_params,
+      train_step=make_train_step(config, model, encoder, steps_per_epoch),
+      valid_step=valid_step,
+      nll_step=nll_step,
+      posterior_step=posterior_step,
+      feature_step=posterior_step,
+      train_metrics={**base.COMMON_METRICS,
+                     "kl_per_sentence": ("kl_sum", base.PER_SENTENCE),
+                     "encoder_steps": ("encoder_steps", base.PER_STEP),
+                     "kl_weight": ("kl_weight", base.LAST)},
+      progress=_progress,
+      curve=("kl_per_sentence", "KL per sentence"),
+      estimator=(
+          f"importance-weighted bound with M={num_samples} samples of q(z|x) as proposal; KL "
+          "in closed form; REC: mean over the same samples; AU from the encoder means; MI "
+          "closed-form for the Gaussian q(z|x), q(z) over the whole split."),
+      nll_samples=f"M={num_samples} samples of q(z|x) per sentence",
+      features="encoder means",
+      feature_settings={},
+      loop_step=(_aggressive_loop_step(config, model, encoder, steps_per_epoch)
+                 if config.vae.aggressive_epochs else None),
+  )

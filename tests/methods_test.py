@@ -1,0 +1,140 @@
+"""Every registered method honours the interface of srlm/methods/base.py: shapes, finite
+values, one compilation per bucket, a posterior exactly when there is a latent, and a run from
+its tiny flagfile that trains, resumes, evaluates and (with a latent) analyses."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srlm import analysis
+from srlm import config as config_lib
+from srlm import evaluate
+from srlm import methods
+from srlm import runs
+from srlm import state as state_lib
+from srlm import train
+from srlm.data import pipeline
+from srlm.methods import base
+
+from conftest import REPO, replace
+
+KINDS = sorted(methods.REGISTRY)
+VOCAB = 40
+
+
+def _tiny_flagfile(kind: str) -> str:
+  """launch/ptb_<kind>_tiny.flags; the default method's is launch/ptb_tiny.flags."""
+  return "launch/ptb_tiny.flags" if kind == "sri" else f"launch/ptb_{kind}_tiny.flags"
+
+
+def _batch(length: int, batch_size: int = 4, num_real: int = 3, seed: int = 0):
+  """A batch of `num_real` random sentences (the rest padding rows) of bucket `length`."""
+  rng = np.random.default_rng(seed)
+  sentences = [rng.integers(4, VOCAB, rng.integers(2, length - 1)).astype(np.int32)
+               for _ in range(num_real)]
+  return {**pipeline.make_batch(sentences, length, batch_size), "epoch": np.int32(0)}
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def method_and_state(request):
+  config = replace(config_lib.tiny(), model={"kind": request.param},
+                   eval={"num_samples": 2, "num_posterior_chains": 2})
+  method = methods.get(config, VOCAB, steps_per_epoch=5)
+  return config, method, state_lib.create_train_state(method, config.train, jax.random.key(0))
+
+
+def test_every_registered_method_has_a_tiny_flagfile_of_its_kind():
+  for kind in KINDS:
+    assert (REPO / _tiny_flagfile(kind)).exists(), kind
+    config = config_lib.from_flags([f"--flagfile={REPO / _tiny_flagfile(kind)}"])
+    assert config.model.kind == kind
+
+
+def test_an_unknown_method_is_named_with_the_known_ones():
+  config = replace(config_lib.tiny(), model={"kind": "diffusion"})
+  with pytest.raises(config_lib.ConfigError, match="--config.model.kind.*'diffusion'.*sri"):
+    methods.get(config, VOCAB)
+
+
+def test_steps_give_per_sentence_values_of_the_right_shapes(method_and_state):
+  config, method, state = method_and_state
+  assert method.name == config.model.kind
+  assert set(state.params) >= {"decoder"}
+  batch, key = _batch(12), jax.random.key(1)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  assert int(new_state.step) == 1
+  for name in base.REQUIRED_TRAIN_SUMS:
+    assert np.isfinite(metrics[name]), name
+  assert float(metrics["num_sentences"]) == 3  # padding rows are not sentences
+  summary = train.summarize_train(jax.device_get([metrics]), method.train_metrics)
+  assert all(np.isfinite(v) for v in summary.values()), summary
+  assert isinstance(method.progress(summary), str)
+  if method.curve is not None:
+    assert method.curve[0] in summary
+  valid = jax.jit(method.valid_step)(state.params, batch, key)
+  nll = jax.jit(method.nll_step)(state.params, batch, key)
+  for out in (valid, nll):
+    for name, value in out.items():
+      assert value.shape == (4,) and np.all(np.isfinite(value)), name
+  assert set(nll) == {"nll", "kl", "rec"} and "rec" in valid
+  assert np.all(nll["nll"][:3] > 0) and np.all(nll["rec"][:3] > 0)  # the 3 real sentences
+
+
+def test_a_posterior_exactly_when_there_is_a_latent(method_and_state):
+  _, method, state = method_and_state
+  has_latent = method.latent_dim > 0
+  assert (method.posterior_step is not None) == has_latent
+  assert (method.feature_step is not None) == has_latent
+  if not has_latent:
+    return
+  batch = _batch(12)
+  for step in (method.posterior_step, method.feature_step):
+    mean, variance = jax.jit(step)(state.params, batch, jax.random.key(2))
+    assert mean.shape == variance.shape == (4, method.latent_dim)
+    assert np.all(np.isfinite(mean)) and np.all(variance >= 0)
+
+
+def test_one_compilation_per_bucket(method_and_state):
+  _, method, state = method_and_state
+  train_step = jax.jit(chex.assert_max_traces(method.train_step, n=2))
+  nll_step = jax.jit(chex.assert_max_traces(method.nll_step, n=2))
+  for seed, length in enumerate((12, 12, 22, 22)):  # two buckets, two batches each
+    batch = _batch(length, seed=seed)
+    state, _ = train_step(state, batch, jax.random.key(seed))
+    nll_step(state.params, batch, jax.random.key(seed))
+  with pytest.raises(AssertionError):  # a third shape is a third trace
+    train_step(state, _batch(32), jax.random.key(0))
+
+
+def test_init_params_depend_only_on_the_key(method_and_state):
+  _, method, _ = method_and_state
+  a, b = method.init_params(jax.random.key(3)), method.init_params(jax.random.key(3))
+  c = method.init_params(jax.random.key(4))
+  chex.assert_trees_all_equal(a, b)
+  assert not np.allclose(a["decoder"]["out_w"], c["decoder"]["out_w"])
+  assert jnp.max(jnp.abs(a["decoder"]["out_w"])) <= config_lib.tiny().model.init_scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_method_trains_resumes_and_evaluates_from_its_tiny_flagfile(kind, tfds_dir,
+                                                                          tmp_path):
+  flags = [f"--flagfile={_tiny_flagfile(kind)}", f"--config.data.dir={tfds_dir}",
+           "--config.data.max_train_sentences=48", "--config.data.max_eval_sentences=8"]
+  workdir = str(tmp_path)
+  for max_steps in (2, 3):  # the second call resumes at step 2
+    config = config_lib.from_flags([*flags, f"--config.train.max_steps={max_steps}"])
+    assert train.train_and_evaluate(config, workdir)["step"] == max_steps
+  config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4, "eval.num_samples": 2,
+                                                "analysis.num_samples": 2})
+  result = evaluate.evaluate_workdir(config, workdir)
+  assert result["model_kind"] == kind and result["checkpoint_step"] == 3
+  for key in ("nll", "ppl", "kl", "mi", "rec"):
+    assert np.isfinite(result[key]), key
+  run = runs.restore_trained(config, workdir)
+  if run.method.latent_dim:
+    assert result["kl"] >= 0 and result["nll"] > 0
+    assert len(analysis.sample_prior(config, run)) == 2
+  else:
+    assert result["kl"] == result["mi"] == result["au"] == 0 and result["rec"] == result["nll"]
