@@ -2,7 +2,7 @@
 
     python benchmarks/eval_nll.py [--length=22] [--batch_sizes=8] [--num_samples=1]
 
-Times `evaluate.make_nll_step` (K=20 chain steps with a D x D Hessian each, D=32, E=H=256,
+Times SRI's `Method.nll_step` (K=20 chain steps with a D x D Hessian each, D=32, E=H=256,
 V=10,002) on a batch of random sentences of T tokens (counting <s> and </s>), median after
 compile, and reports seconds per sentence-sample and the peak memory; writes
 benchmarks/results/eval_nll_<backend>.json.
@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
-from srlm import evaluate  # pylint: disable=wrong-import-position
-from srlm.models import make_decoder  # pylint: disable=wrong-import-position
+from srlm import methods  # pylint: disable=wrong-import-position
 
 _LENGTH = flags.DEFINE_integer("length", 22, "Padded length T incl. <s> and </s>.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8"], "Sentences per call to time.")
@@ -34,10 +33,9 @@ def main(argv):
   del argv
   config = config_lib.Config()
   config.eval.num_samples = _NUM_SAMPLES.value
-  model = make_decoder(config.model, _VOCAB)
-  params = {"decoder": model.init(jax.random.key(0), np.zeros((1, 32), np.float32),
-                                  np.zeros((1, 2), np.int32), deterministic=True)["params"]}
-  step = evaluate.make_nll_step(config, model)
+  method = methods.get(config, _VOCAB)
+  params = method.init_params(jax.random.key(0))
+  step = jax.jit(method.nll_step)
   rng = np.random.default_rng(0)
   rows = []
   for batch_size in map(int, _BATCH_SIZES.value):

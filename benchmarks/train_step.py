@@ -3,7 +3,8 @@
     python benchmarks/train_step.py [--kind=sri] [--lengths=22,12,32] [--gradient=final]
         [--compute_dtype=float32] [--devices=1]
 
---kind=lm|vae times the baselines' steps (the VAE with both encoder and decoder updated).
+--kind=lm|vae (any registered method) times that method's step (the VAE with both encoder and
+decoder updated).
 --devices=1,2,4,8 times the same global batch sharded over 1, 2, 4, 8 devices (on a CPU, with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, which simulates devices on the same cores).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
@@ -24,12 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
+from srlm import methods  # pylint: disable=wrong-import-position
 from srlm import parallel  # pylint: disable=wrong-import-position
+from srlm import state as state_lib  # pylint: disable=wrong-import-position
 from srlm import train  # pylint: disable=wrong-import-position
-from srlm.models import make_decoder, make_encoder  # pylint: disable=wrong-import-position
 
 _LENGTHS = flags.DEFINE_list("lengths", ["22", "12", "32"], "Padded lengths T to time.")
-_KIND = flags.DEFINE_enum("kind", "sri", config_lib.KINDS, "Model kind.")
+_KIND = flags.DEFINE_enum("kind", "sri", sorted(methods.REGISTRY), "Method.")
 _GRADIENT = flags.DEFINE_enum("gradient", "final", config_lib.GRADIENTS,
                               "SRI's decoder gradient.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per length (median reported).")
@@ -45,21 +47,25 @@ def main(argv):
   config.train.gradient = _GRADIENT.value
   config.model.kind = _KIND.value
   config.model.compute_dtype = _COMPUTE_DTYPE.value
-  model = make_decoder(config.model, _VOCAB)
-  encoder = make_encoder(config.model, _VOCAB)
+  method = methods.get(config, _VOCAB, steps_per_epoch=1315)
   rng = np.random.default_rng(0)
   batch_size = config.data.batch_size
   rows = []
   for num_devices in map(int, _DEVICES.value):
     mesh = parallel.make_mesh(num_devices)
-    state = train.create_replicated_train_state(config, model, jax.random.key(0), mesh, encoder)
-    step = train.make_train_step(config, model, encoder, steps_per_epoch=1315, mesh=mesh)
+    holder = {"state": state_lib.create_replicated_train_state(
+        method, config.train, jax.random.key(0), mesh)}
+    step = train.make_train_step(method, mesh)  # donates the state, as training does
+
+    def one_step(batch):
+      holder["state"], metrics = step(holder["state"], batch, jax.random.key(1))
+      return metrics
+
     for length in map(int, _LENGTHS.value):
       sentences = list(rng.integers(4, _VOCAB, (batch_size, length)).astype(np.int32))
       batch = {**parallel.global_batch(sentences, length, batch_size, mesh),
                "epoch": np.int32(0)}
-      timing = common.time_calls(lambda: step(state, batch, jax.random.key(1)),
-                                 _REPEATS.value)
+      timing = common.time_calls(lambda: one_step(batch), _REPEATS.value)
       row = {"devices": num_devices, "T": length, **timing,
              "steps_per_s": 1 / timing["median_s"],
              "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
