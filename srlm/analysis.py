@@ -82,6 +82,7 @@ def split_posterior_means(config: Config, run: runs.TrainedRun, split: pipeline.
 
 def posterior_means(config: Config, run: runs.TrainedRun, texts: list[str]) -> np.ndarray:
   """The posterior mean code (N, D) of each sentence, in order."""
+  _warn_unknown_words(run.corpus.vocab, texts)
   split = pipeline.encode_split("input", list(enumerate(texts, 1)), run.corpus.vocab,
                                 config.data, max_sentences=0)
   if len(split) != len(texts):
@@ -89,6 +90,21 @@ def posterior_means(config: Config, run: runs.TrainedRun, texts: list[str]) -> n
                     f"bucket ({config.data.buckets[-1]} tokens); shorten them or set "
                     "--config.data.overlong=truncate.")
   return split_posterior_means(config, run, split)
+
+
+def _warn_unknown_words(vocab, texts: list[str]) -> None:
+  """Logs the input words the model has never seen: they are read as <unk>, and a sentence of
+  nothing else carries no information for the posterior."""
+  known = set(vocab.words)
+  unknown = sorted({w for text in texts for w in text.split() if w not in known})
+  if unknown:
+    logging.warning("%d input word(s) are not in the %d-word vocabulary and are read as <unk>: "
+                    "%s%s", len(unknown), len(vocab), ", ".join(unknown[:20]),
+                    " ..." if len(unknown) > 20 else "")
+  for number, text in enumerate(texts, 1):
+    if text.split() and all(w not in known for w in text.split()):
+      logging.warning("input sentence %d (%r) has no known word: its code is a guess from "
+                      "<unk> alone.", number, text[:60])
 
 
 def reconstruct(config: Config, run: runs.TrainedRun, texts: list[str]) -> list[str]:
@@ -152,6 +168,15 @@ def _split(config: Config, run: runs.TrainedRun, name: str, flag: str) -> pipeli
   return run.corpus.splits[name]
 
 
+def _labelled_split(config: Config, run: runs.TrainedRun, name: str,
+                    flag: str) -> pipeline.Split:
+  split = _split(config, run, name, flag)
+  if len(split) and np.any(split.labels < 0):
+    raise UserError(f"--config.analysis.{flag}: split {name!r} has no labels; classification "
+                    "and clustering need a labelled corpus (--config.data.corpus=short_yelp).")
+  return split
+
+
 def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str,
              flag: str = "split") -> probes.Labelled:
   """The features (N, D) and labels (N,) of a split (docs/method.md §6).
@@ -203,6 +228,13 @@ def classify(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   """A linear classifier on each label split's features, selected on select_split, tested on
   test_split; written to WORKDIR/classification.json."""
   a = config.analysis
+  # Every split must exist and carry labels before any feature is computed (hours, at scale).
+  named = ([(a.select_split, "select_split"), (a.test_split, "test_split")]
+           + [(name, "label_splits") for name in a.label_splits])
+  for name, flag in named:
+    _split(config, run, name, flag)
+  for name, flag in named:
+    _labelled_split(config, run, name, flag)
   select = features(config, run, a.select_split, workdir, "select_split")
   test = features(config, run, a.test_split, workdir, "test_split")
   train_sets = [features(config, run, name, workdir, "label_splits") for name in a.label_splits]
@@ -236,6 +268,7 @@ def classification_table(result: dict) -> str:
 def cluster(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   """PCA to 4 dimensions and a Gaussian mixture on config.analysis.split's features; written
   to WORKDIR/cluster_<split>.json."""
+  _labelled_split(config, run, config.analysis.split, "split")
   data = features(config, run, config.analysis.split, workdir)
   result = {"checkpoint_step": run.step, "features": _method(config, run).features,
             **probes.cluster(data, seed=config.analysis.seed)}

@@ -10,13 +10,15 @@ is ignored (and removed on the next start). Nothing is ever unpickled.
 """
 
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from srlm import config as config_lib
-from srlm.errors import CheckpointError
+from srlm.errors import CheckpointError, StorageError
 
 
 class Checkpointer:
@@ -37,8 +39,19 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, position: dict[str, int]) -> None:
+    """Starts writing checkpoint `step` (in the background). Raises StorageError, before
+    writing anything, if the disk lacks the space: Orbax's own failure on a full disk comes
+    from its writer threads, late and loud."""
     if step in self._manager.all_steps():
       return
+    needed = sum(x.nbytes for x in jax.tree.leaves(state)) + 4 * 2**20  # + JSON, metadata
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise StorageError(
+          f"no space for the checkpoint of step {step} in {self.directory}: it needs about "
+          f"{needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are free. The checkpoints "
+          f"already there ({_steps(self._manager.all_steps())}) are intact: free space and "
+          "re-run the same command to resume.")
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         position=ocp.args.JsonSave(position),
@@ -54,24 +67,8 @@ class Checkpointer:
     if step is None:
       return None
     path = os.path.join(self.directory, str(step))
-    try:
-      saved = self._manager.restore(step, args=ocp.args.Composite(
-          config=ocp.args.JsonRestore()))["config"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise _corrupt(path, step, self._manager.all_steps(), e) from None
-    try:
-      saved_fields = config_lib.shape_fields(config_lib.from_dict(saved))
-    except Exception as e:  # pylint: disable=broad-except
-      raise _corrupt(path, step, self._manager.all_steps(), e) from None
-    current = config_lib.shape_fields(self._config)
-    differ = {k: (saved_fields[k], current[k]) for k in current if saved_fields[k] != current[k]}
-    if differ:
-      listing = "; ".join(f"--config.{k}: checkpoint {a!r}, now {b!r}"
-                          for k, (a, b) in differ.items())
-      raise CheckpointError(
-          f"the checkpoint in {path} was written under another config ({listing}). "
-          "Use the flags it was trained with (see config.json in the workdir), or a new "
-          "--workdir to start a fresh run.")
+    saved = self._saved_config(step)
+    self._check_fields(path, saved, config_lib.SHAPE_FIELDS, "was written under another config")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
@@ -79,6 +76,52 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise _corrupt(path, step, self._manager.all_steps(), e) from None
     return restored["state"], dict(restored["position"])
+
+  def check_resumable(self) -> None:
+    """Before a training run touches the workdir: raises CheckpointError if the latest
+    checkpoint cannot be resumed under this config: other shapes, or, when it stopped
+    mid-epoch, another data order (batch size, buckets, ...: the saved batch index would skip
+    or repeat sentences). A checkpoint at an epoch boundary resumes under any data order."""
+    step = self._manager.latest_step()
+    if step is None:
+      return
+    path = os.path.join(self.directory, str(step))
+    saved = self._saved_config(step)
+    self._check_fields(path, saved, config_lib.SHAPE_FIELDS, "was written under another config")
+    position = self._read(step, "position")
+    # (Checkpoints written before epoch_batches was recorded count as mid-epoch.)
+    if 0 < position.get("batch", 0) < position.get("epoch_batches", float("inf")):
+      self._check_fields(
+          path, saved, config_lib.DATA_ORDER_FIELDS,
+          f"stopped in the middle of epoch {position.get('epoch', 0) + 1} (at batch "
+          f"{position['batch']}), and resuming it with another data order would skip or "
+          "repeat sentences of that epoch")
+
+  def _read(self, step: int, item: str) -> Any:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.JsonRestore()}))[item]
+    except Exception as e:  # pylint: disable=broad-except
+      raise _corrupt(os.path.join(self.directory, str(step)), step,
+                     self._manager.all_steps(), e) from None
+
+  def _saved_config(self, step: int) -> config_lib.Config:
+    try:
+      return config_lib.from_dict(self._read(step, "config"))
+    except config_lib.ConfigError as e:
+      raise _corrupt(os.path.join(self.directory, str(step)), step,
+                     self._manager.all_steps(), e) from None
+
+  def _check_fields(self, path: str, saved: config_lib.Config, fields, what: str) -> None:
+    before = config_lib.field_values(saved, fields)
+    now = config_lib.field_values(self._config, fields)
+    differ = {k: (before[k], now[k]) for k in now if before[k] != now[k]}
+    if differ:
+      listing = "; ".join(f"--config.{k}: checkpoint {a!r}, now {b!r}"
+                          for k, (a, b) in differ.items())
+      raise CheckpointError(
+          f"the checkpoint in {path} {what} ({listing}). Use the flags it was trained with "
+          "(config.json in the workdir keeps them), or a new --workdir to start a fresh run.")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -91,10 +134,22 @@ def _corrupt(path: str, step: int, steps, error: Exception) -> CheckpointError:
   older = sorted(s for s in steps if s < step)
   hint = (f"Move it aside to resume from the previous checkpoint (step {older[-1]})"
           if older else "Remove it to start over")
-  first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
   return CheckpointError(
-      f"the checkpoint in {path} (step {step}) cannot be read: {first_line[:300]}. {hint}, "
-      "or use a new --workdir.")
+      f"the checkpoint in {path} (step {step}) cannot be read: its files are damaged or "
+      f"incomplete ({_reason(error)}). {hint}, or use a new --workdir.")
+
+
+def _reason(error: Exception) -> str:
+  """The first sentence of an Orbax/TensorStore error, without object reprs."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  text = re.split(r"\. See full TensorStore details|<bound method|<[\w.]+ object at", text)[0]
+  text = text.strip(" .:")[:200]
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _steps(steps) -> str:
+  steps = sorted(steps)
+  return "steps " + ", ".join(map(str, steps)) if steps else "none"
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -6,9 +6,11 @@ and names the offending flag in its message.
 """
 
 import dataclasses
+import inspect
 import json
 import os
 import re
+import textwrap
 from typing import Any, Sequence
 
 from absl import flags
@@ -310,9 +312,22 @@ SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.split_files", "data.voca
                 "model.hidden_dim", "model.latent_dim")
 
 
-def shape_fields(config: Config) -> dict[str, Any]:
+# Fields that fix the order of the training data: a run stopped mid-epoch can only resume
+# under a config that agrees on them, else the saved position (a batch index) would skip or
+# repeat sentences of that epoch.
+DATA_ORDER_FIELDS = ("data.batch_size", "data.buckets", "data.overlong",
+                     "data.max_train_sentences", "train.seed")
+
+
+def field_values(config: Config, paths: Sequence[str]) -> dict[str, Any]:
+  """{"section.field": value} for the given paths (lists as tuples)."""
   values = to_dict(config)
-  return {path: values[path.split(".")[0]][path.split(".")[1]] for path in SHAPE_FIELDS}
+  picked = {path: values[path.split(".")[0]][path.split(".")[1]] for path in paths}
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in picked.items()}
+
+
+def shape_fields(config: Config) -> dict[str, Any]:
+  return field_values(config, SHAPE_FIELDS)
 
 
 # What absl and ml_collections raise for a bad flag, flag value, --config field or flagfile.
@@ -327,6 +342,10 @@ def describe_flag_error(error: Exception) -> str:
   if isinstance(error, flags.Error):
     return str(error)
   text = str(error.args[0] if error.args else error)
+  section = re.search(r"Attribute <class '[\w.]*\.Config'>\.(\w+) does not exist", text)
+  if section:
+    names = ", ".join(f.name for f in dataclasses.fields(Config))
+    return f"unknown config section --config.{section.group(1)}; the sections are: {names}"
   unknown = re.search(r"Field (\w+) not found on dataclass <class '[\w.]*\.(\w+)'>", text)
   sections = {_section_type(f).__name__: (f.name, _section_type(f))
               for f in dataclasses.fields(Config)}
@@ -339,10 +358,94 @@ def describe_flag_error(error: Exception) -> str:
 
 
 def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str]):
-  """Defines --config (and its --config.x.y overrides, read off argv) on flag_values."""
-  return config_flags.DEFINE_config_dataclass(
+  """Defines --config (and its --config.x.y overrides, read off argv) on flag_values.
+
+  A later occurrence of a flag replaces an earlier one, whatever its type: ml_collections
+  defines tuple fields as absl multi-flags, which would append a command-line value to a
+  flagfile's (--config.data.buckets=(12,17) after a flagfile's (22,84) gave (22,84,12,17)).
+  """
+  check_flagfiles(argv)
+  holder = config_flags.DEFINE_config_dataclass(
       "config", Config(), "The run's config; set fields as --config.train.seed=1.",
       flag_values=flag_values, sys_argv=list(argv))
+  for name in list(flag_values):
+    flag = flag_values[name]
+    if name.startswith("config.") and isinstance(flag, flags.MultiFlag):
+      flag.parse = _replacing_parse(flag)
+  return holder
+
+
+def _replacing_parse(flag: flags.MultiFlag):
+  parse = flag.parse
+
+  def replacing_parse(arguments):
+    present = flag.present
+    flag.present = 0  # MultiFlag.parse extends the value when present; start afresh
+    parse(arguments)
+    flag.present = max(flag.present, present, 1)  # an empty tuple is still given
+  return replacing_parse
+
+
+def check_flagfiles(argv: Sequence[str]) -> None:
+  """Reads every --flagfile in argv (and the ones they include) line by line before absl does,
+  so that a file that is not UTF-8 or a line that is not a flag is named with its file and
+  line number. A missing file is left to absl's message."""
+  pending = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
+  seen = set()
+  while pending:
+    path = pending.pop()
+    if path in seen or not os.path.isfile(path):
+      continue
+    seen.add(path)
+    with open(path, "rb") as f:
+      raw_lines = f.read().splitlines()
+    for number, raw in enumerate(raw_lines, 1):
+      try:
+        line = raw.decode("utf-8").strip()
+      except UnicodeDecodeError as e:
+        raise ConfigError(f"flagfile {path}, line {number}: not UTF-8 ({e.reason} at byte "
+                          f"{e.start})") from None
+      if not line or line.startswith(("#", "//")):
+        continue
+      if not line.startswith("-"):
+        raise ConfigError(f"flagfile {path}, line {number}: {line[:80]!r} is not a flag "
+                          "(flags are written --name=value; comments start with #)")
+      if line.startswith("--flagfile="):
+        pending.append(line.split("=", 1)[1])
+
+
+def _field_comments(section_type: type) -> dict[str, str]:
+  """The comment lines above each field of a config dataclass, from its source."""
+  comments, pending = {}, []
+  for line in inspect.getsource(section_type).splitlines()[1:]:
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      pending.append(stripped.lstrip("# "))
+      continue
+    field = re.match(r"(\w+): [^=]+=.*?(?:#\s*(.*))?$", stripped)
+    if field:
+      comments[field.group(1)] = " ".join(pending + ([field.group(2)] if field.group(2) else []))
+    pending = []
+  return comments
+
+
+def describe_fields() -> str:
+  """Every --config.<section>.<field> with its type, default and comment, for --help."""
+  lines = []
+  for section in dataclasses.fields(Config):
+    section_type = _section_type(section)
+    lines.append(f"--config.{section.name}: {inspect.getdoc(section_type).splitlines()[0]}")
+    comments = _field_comments(section_type)
+    defaults = section_type()
+    for field in dataclasses.fields(section_type):
+      type_name = field.type.__name__ if isinstance(field.type, type) else str(field.type)
+      lines.append(f"  --config.{section.name}.{field.name}: {type_name} = "
+                   f"{getattr(defaults, field.name)!r}")
+      if comments.get(field.name):
+        lines += textwrap.wrap(comments[field.name], 92, initial_indent="      ",
+                               subsequent_indent="      ")
+    lines.append("")
+  return "\n".join(lines)
 
 
 def from_flags(argv: Sequence[str]) -> Config:

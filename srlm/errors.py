@@ -20,3 +20,11 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
   """The workdir's checkpoint cannot be restored (corrupt, or from another config)."""
+
+
+class DivergenceError(UserError):
+  """Training produced a non-finite loss, gradient, chain state or parameter."""
+
+
+class StorageError(UserError):
+  """The workdir's disk is full (or over quota): a checkpoint or result cannot be written."""

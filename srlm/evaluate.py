@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,7 +104,7 @@ def reconstruction(config: Config, method: methods.Method, params, split: pipeli
       totals[key] = totals.get(key, 0.0) + float(np.sum(values))
   num_sentences, num_tokens = len(split), split.num_tokens
   rec = totals.pop("rec")
-  return {"rec_per_token": rec / num_tokens, "rec_ppl": math.exp(min(rec / num_tokens, 700.0)),
+  return {"rec_per_token": rec / num_tokens, "rec_ppl": reporting.safe_exp(rec / num_tokens),
           "rec_per_sentence": rec / num_sentences,
           "num_sentences": num_sentences, "num_tokens": num_tokens,
           **{f"{key}_per_sentence": total / num_sentences for key, total in totals.items()}}
@@ -120,6 +121,7 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
   parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
   nll_step = parallel.jit_replicated(method.nll_step, mesh)
   totals = {"nll": 0.0, "kl": 0.0, "rec": 0.0}
+  non_finite_lines: list[int] = []  # source lines of sentences whose NLL is NaN or inf
   done, start = 0, time.time()
 
   def status() -> str:
@@ -130,14 +132,20 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
       ecfg.batch_size, mesh, nll_rng, label=f"eval {split.name}", status=status):
     for key in totals:
       totals[key] += float(np.sum(out[key]))
+    non_finite_lines += [int(split.lines[i]) for i in indices[~np.isfinite(out["nll"])]]
     done += len(indices)
   nll_seconds = time.time() - start
+  non_finite_lines.sort()
+  if non_finite_lines:
+    logging.warning("eval %s: the NLL of %d sentence(s) is not finite (NaN or inf), so the "
+                    "split's NLL and PPL are not either; source lines: %s", split.name,
+                    len(non_finite_lines), non_finite_lines[:20])
   latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size)
   num_sentences, num_tokens = len(split), split.num_tokens
   return {
       "split": split.name,
       "nll": totals["nll"] / num_sentences,
-      "ppl": math.exp(totals["nll"] / num_tokens),
+      "ppl": reporting.safe_exp(totals["nll"] / num_tokens),
       "nll_per_token": totals["nll"] / num_tokens,
       "kl": totals["kl"] / num_sentences,
       "rec": totals["rec"] / num_sentences,
@@ -155,6 +163,9 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
       "au_threshold": AU_THRESHOLD,
       "posterior_mean_variance": latent["posterior_mean_variance"],
       "nll_seconds": nll_seconds,
+      # Line numbers in the split's source file (1-based), at most 1,000.
+      "non_finite_nll_sentences": len(non_finite_lines),
+      "non_finite_nll_lines": non_finite_lines[:1000],
   }
 
 

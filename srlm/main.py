@@ -7,15 +7,20 @@ with a one-paragraph message and exit code 2; a run stopped by SIGTERM/SIGINT sa
 checkpoint and exits with 128 + the signal number.
 """
 
+import errno
 import logging as logging_std
+import os
+import signal
 import sys
+import textwrap
+import traceback as traceback_lib
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from srlm import config as config_lib
-from srlm.errors import UserError
+from srlm.errors import DivergenceError, StorageError, UserError
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints; an existing "
@@ -37,17 +42,25 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "The launchers in launch/ set SRLM_DISTRIBUTED=1, which does the same.")
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_STORAGE = 4
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+  """Prints the one message and exits. Everything that writes has been closed by then (the
+  library closes its checkpointer on every path), so the process exits at once: at
+  interpreter teardown, I/O futures abandoned by a failed checkpoint restore would otherwise
+  be collected and logged, at length."""
   print(f"srlm: error: {message}", file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
+  logging_std.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def _fail_on_flag_error(error: Exception) -> None:
-  _fail(f"{config_lib.describe_flag_error(error)}. The config fields, their types and "
-        "defaults are in srlm/config.py and README.md; `python -m srlm.main --helpfull` lists "
-        "the other flags.")
+  _fail(f"{config_lib.describe_flag_error(error)}. `python -m srlm.main --help` lists every "
+        "flag and config field, with types and defaults.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -59,15 +72,55 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Keeps Orbax's and TFDS's INFO chatter out of the log; their warnings still show."""
+  """Keeps the libraries' chatter out of the log: Orbax's and TFDS's INFO lines, and the
+  warnings that every run would show and no user can act on. Their other warnings show."""
+
+  # (path part, message part) of records that inform no one.
+  NOISE = (
+      ("/jax/_src/xla_bridge", "Unable to initialize backend"),  # no TPU on this machine
+      ("/tensorflow_datasets/", "has no dataset_info.json"),  # before the first preparation
+      ("/orbax/", "read_only=True"),  # evaluation opens checkpoints read-only on purpose
+      ("/orbax/", "Given directory is read only"),
+      ("/asyncio/", "exception was never retrieved"),  # a failed restore's abandoned reads
+  )
 
   def filter(self, record: logging_std.LogRecord) -> bool:
+    message = record.getMessage()
+    if any(path in record.pathname and text in message for path, text in self.NOISE):
+      return False
     return record.levelno >= logging_std.WARNING or not any(
         part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
 
 
+def _from_orbax_io(exc_type, value, tb) -> bool:
+  """Whether an exception comes from Orbax's or asyncio's I/O machinery."""
+  files = [frame.filename for frame in traceback_lib.extract_tb(tb)] if tb else []
+  return (any("/orbax/" in f or "/asyncio/" in f for f in files)
+          or (issubclass(exc_type, RuntimeError) and str(value) == "Event loop is closed"))
+
+
+def _quiet_checkpoint_io_noise() -> None:
+  """When a checkpoint fails to restore (or save), TensorStore's reads and writes still in
+  flight fail later in Orbax's coroutines and threads, and Python prints a traceback for each
+  (tens to hundreds of lines) around srlm's one-line message, which already says what
+  happened. Those are dropped; every other uncaught or unraisable exception still prints."""
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def on_exception(exc_type, value, tb):
+    if not _from_orbax_io(exc_type, value, tb):
+      excepthook(exc_type, value, tb)
+
+  def on_unraisable(unraisable):
+    if not _from_orbax_io(unraisable.exc_type, unraisable.exc_value,
+                          unraisable.exc_traceback):
+      unraisablehook(unraisable)
+
+  sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _quiet_checkpoint_io_noise()
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value.")
   if not _WORKDIR.value:
@@ -78,11 +131,14 @@ def main(argv: list[str]) -> None:
   from srlm import parallel  # pylint: disable=import-outside-toplevel
   from srlm import reporting  # pylint: disable=import-outside-toplevel
   from srlm import train  # pylint: disable=import-outside-toplevel
-  if parallel.distributed_requested(_DISTRIBUTED.value):
-    parallel.initialize_distributed()
-    if not reporting.is_writer():
-      logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
+  from srlm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
+    if parallel.distributed_requested(_DISTRIBUTED.value):
+      parallel.initialize_distributed()
+      if not reporting.is_writer():
+        logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
+    # Every mode writes into the workdir: find out now, not after the work.
+    workdir_lib.check_writable(_WORKDIR.value, create=_MODE.value == "train")
     if _MODE.value != "train":
       config = config_lib.load_run_config(_WORKDIR.value, _given_config_overrides())
       if _MODE.value == "eval":
@@ -95,8 +151,20 @@ def main(argv: list[str]) -> None:
           print(f"{text}\n(written to {path})")
       return
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except DivergenceError as e:
+    _fail(str(e), EXIT_DIVERGED)
+  except StorageError as e:
+    _fail(str(e), EXIT_STORAGE)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    _fail(f"cannot write {e.filename or 'a file'}: {e.strerror}. The checkpoints already "
+          "written are intact: free space and re-run the same command to resume.", EXIT_STORAGE)
   except UserError as e:
     _fail(str(e))
+  except KeyboardInterrupt:
+    _fail("interrupted (a second signal): stopped without saving; the previous checkpoint "
+          "is intact.", 128 + signal.SIGINT)
   logging.info("Run %s at step %d; workdir %s", result["status"], result["step"],
                _WORKDIR.value)
   if result["status"] == "preempted":
@@ -116,14 +184,35 @@ def _print_eval(result: dict) -> None:
         f"{result['model_kind']}, {result['nll_samples']}\n"
         f"  NLL {result['nll']:.2f}  PPL {result['ppl']:.2f}  KL {result['kl']:.2f}  "
         f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
+        + (f"  non-finite NLL for {result['non_finite_nll_sentences']} sentence(s), source "
+           f"lines {result['non_finite_nll_lines'][:10]} (all in the JSON)\n"
+           if result["non_finite_nll_sentences"] else "") +
         f"  written to {result['path']}")
 
 
 _CONFIG = None
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def _print_help() -> None:
+  """The srlm flags and every config field, readably (absl's help shows --config as a repr)."""
+  lines = [__doc__, "Flags:", "  --flagfile=FILE: flags from FILE, one per line; a flagfile may "
+           "include others."]
+  for name in ("workdir", "mode", "distributed"):
+    flag = flags.FLAGS[name]
+    lines.append(f"  --{name} (default {flag.default!r})")
+    lines += textwrap.wrap(flag.help, 92, initial_indent="      ", subsequent_indent="      ")
+  lines += ["", "Config fields, each a flag (--config.train.seed=1; tuples as "
+            "--config.data.buckets=(12,22)); a later value replaces an earlier one:",
+            config_lib.describe_fields()]
+  print("\n".join(lines))
 
 
 def run() -> None:
   global _CONFIG
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    _print_help()
+    sys.exit(0)
   try:
     # ml_collections registers the --config.x.y overrides it finds in argv (and flagfiles)
     # when the flag is defined, and raises there for an unknown field.

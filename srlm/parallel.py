@@ -44,7 +44,14 @@ def initialize_distributed() -> None:
     kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
               "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
               "process_id": int(os.environ["JAX_PROCESS_ID"])}
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:
+    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise ConfigError(
+        f"--distributed (or {DISTRIBUTED_ENV}=1): no cluster to join ({first_line}). Run under "
+        "SLURM or on a TPU VM, or set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and "
+        "JAX_PROCESS_ID for every process; for one process, leave the flag off.") from None
   logging.info("Process %d of %d; %d local and %d global devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

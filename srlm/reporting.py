@@ -5,6 +5,8 @@ processes of a multi-process run, so callers never check.
 """
 
 import json
+import logging
+import math
 import os
 from typing import Any
 
@@ -18,16 +20,56 @@ def is_writer() -> bool:
 
 
 class MetricWriter:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl."""
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl and writes the same numbers as
+  TensorBoard scalars ("<split>/<name>" at the record's step) to event files in WORKDIR, so
+  that `tensorboard --logdir workdirs/` shows every run. close() flushes the event file."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._workdir = workdir
+    self._board = None
+    self._purge_step = None
 
   def write(self, record: dict[str, Any]) -> None:
     if not is_writer():
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self._board is None:
+      import tensorboardX  # pylint: disable=import-outside-toplevel
+      # It warns at every non-finite value; a diverging run is reported by srlm itself.
+      logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+      # purge_step: TensorBoard hides what an earlier, killed run logged from that step on.
+      self._board = tensorboardX.SummaryWriter(self._workdir, purge_step=self._purge_step)
+    for name, value in record.items():
+      if name not in ("step", "epoch", "split") and isinstance(value, (int, float)):
+        self._board.add_scalar(f"{record['split']}/{name}", value, record["step"])
+
+  def close(self) -> None:
+    if self._board is not None:
+      self._board.close()
+      self._board = None
+
+  def resume_at(self, step: int, keep_valid: bool) -> None:
+    """Drops the records that a run resuming after `step` will write again: every record of a
+    later step, and the validation record of `step` itself unless keep_valid (the checkpoint
+    was taken after that epoch's validation). So each (step, split) appears once."""
+    self._purge_step = step + 1
+    if not is_writer() or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:  # a line cut short by a crash
+        continue
+      if record["step"] < step or (record["step"] == step and
+                                   (keep_valid or record["split"] != "valid")):
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+      _replace_atomically(self.path, lambda f: f.writelines(kept), "w")
 
 
 def _replace_atomically(path: str, write, mode: str) -> None:
@@ -71,6 +113,11 @@ def save_figure(figure, path: str) -> str:
   if is_writer():
     _replace_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100), "wb")
   return path
+
+
+def safe_exp(x: float) -> float:
+  """exp(x), inf where it would overflow (a perplexity of a diverging run)."""
+  return math.exp(x) if x < 709.0 else float("inf")
 
 
 def format_seconds(seconds: float) -> str:

@@ -6,7 +6,7 @@ valid_step gives the per-epoch reconstruction. Metrics leave the jitted step as 
 their denominators (`nll_sum`, `num_tokens`, ...) and reach the host only at log steps.
 """
 
-import math
+import contextlib
 import os
 import signal
 import threading
@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import tqdm.auto
 
@@ -25,10 +27,11 @@ from srlm import methods
 from srlm import parallel
 from srlm import plots
 from srlm import reporting
+from srlm import workdir as workdir_lib
 from srlm.checkpointing import Checkpointer
 from srlm.config import Config
 from srlm.data import pipeline
-from srlm.errors import ConfigError
+from srlm.errors import ConfigError, DivergenceError
 from srlm.methods import base
 from srlm.state import TrainState, create_replicated_train_state
 
@@ -50,7 +53,7 @@ def summarize_train(metrics: list[dict[str, np.ndarray]],
   total = {k: float(np.sum([m[k] for m in metrics])) for k in metrics[0]}
   sentences = max(total["num_sentences"], 1.0)
   nll_per_token = total["nll_sum"] / max(total["num_tokens"], 1.0)
-  summary = {"nll_per_token": nll_per_token, "ppl": math.exp(min(nll_per_token, 700.0))}
+  summary = {"nll_per_token": nll_per_token, "ppl": reporting.safe_exp(nll_per_token)}
   for name, (key, reduction) in reductions.items():
     if reduction == base.PER_SENTENCE:
       summary[name] = total[key] / sentences
@@ -64,12 +67,17 @@ def summarize_train(metrics: list[dict[str, np.ndarray]],
 
 
 class StopOnSignal:
-  """Turns SIGTERM / SIGINT into a flag the loop checks after each step (save, then stop)."""
+  """Turns SIGTERM / SIGINT into a flag the loop checks after each step (save, then stop).
+
+  A second signal while the final checkpoint is being written is acknowledged and ignored
+  (the save takes seconds; SIGKILL still ends the process); a second signal at any other time
+  stops at once (KeyboardInterrupt, which srlm.main reports in one line)."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.signum: int | None = None
+    self.saving = False
     self._previous = {}
 
   def __enter__(self):
@@ -80,7 +88,11 @@ class StopOnSignal:
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None:  # a second signal: stop now
+    if self.signum is not None:
+      if self.saving:
+        logging.warning("Received signal %d again: the checkpoint is being written and the "
+                        "run stops right after it (SIGKILL aborts, losing this save).", signum)
+        return
       raise KeyboardInterrupt
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
     self.signum = signum
@@ -88,6 +100,42 @@ class StopOnSignal:
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+def _agreed_stop(stop: StopOnSignal) -> int | None:
+  """The signal that stops the run, agreed by every process: a signal reaches the processes
+  of a job at different steps, and the checkpoint save is collective, so each step every
+  process learns whether any of them was signalled (one tiny all-gather). Single process: the
+  local signal."""
+  if jax.process_count() == 1:
+    return stop.signum
+  signals = multihost_utils.process_allgather(np.int32(stop.signum or 0))
+  received = [int(s) for s in np.ravel(signals) if s]
+  return stop.signum or (received[0] if received else None)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(state: TrainState, window: list[dict[str, np.ndarray]], first_step: int,
+                  last_step: int, checkpointer: Checkpointer) -> None:
+  """Raises DivergenceError if a metric of the steps first_step..last_step (a chain state's
+  travel and gradient, the loss, the gradient norm, ...) or a parameter is not finite."""
+  bad = sorted({name for m in window for name, value in m.items()
+                if not np.all(np.isfinite(value))})
+  if not bad and bool(_all_finite((state.params, state.opt_state))):
+    return
+  latest = checkpointer.latest_step()
+  raise DivergenceError(
+      f"training diverged between steps {first_step} and {last_step}: "
+      f"{', '.join(bad) if bad else 'the parameters'} became non-finite (NaN or inf). Nothing "
+      "non-finite was saved; "
+      + (f"the last checkpoint, step {latest} in {checkpointer.directory}, is finite and "
+         "resumes" if latest is not None else "no checkpoint was written yet")
+      + ". Lower --config.train.learning_rate or --config.train.grad_clip_norm and resume, "
+      "or start a new --workdir.")
 
 
 def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
@@ -98,32 +146,41 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
   (a signal arrived; a checkpoint was saved and `signal` holds its number). "curves" is the
   path of training_curves.png. `progress_bar` shows a tqdm bar over the run's steps (in
   notebooks, beside the log lines).
+
+  Before anything in the workdir changes: the config is validated, the workdir must be
+  writable, no other trainer may hold it (UserError naming the holder), and its latest
+  checkpoint must be resumable under this config. A run whose loss, gradients, chain or
+  parameters become non-finite stops with DivergenceError, never saving a non-finite state.
   """
   methods.validate(config)
   mesh = parallel.make_mesh(config.parallel.num_devices)
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
-  os.makedirs(workdir, exist_ok=True)  # every process: Orbax saves from all of them
-  reporting.write_json_atomic(os.path.join(workdir, "config.json"), config_lib.to_dict(config))
-  corpus = parallel.load_corpus(config.data)
-  train_split = corpus.splits["train"]
-  if not len(train_split):
-    raise ConfigError(
-        f"--config.data: no training sentence is left after the length limit "
-        f"(last bucket {config.data.buckets[-1]}, rule {config.data.overlong!r}): "
-        f"{train_split.counts}.")
-  steps_per_epoch = len(pipeline.plan_batches(train_split, config.data.buckets,
-                                              config.data.batch_size))
-  method = methods.get(config, len(corpus.vocab), steps_per_epoch)
-  init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.train.seed), 3)
-  state = create_replicated_train_state(method, config.train, init_rng, mesh)
-  checkpointer = Checkpointer(workdir, config)
-  try:
-    result = _train_loop(config, workdir, corpus, method, state, eval_rng, train_rng,
-                         checkpointer, mesh, steps_per_epoch, progress_bar)
-    return {**result, "curves": plots.training_curves(workdir, method.curve)}
-  finally:
+  workdir_lib.check_writable(workdir)
+  with contextlib.ExitStack() as stack:
+    if reporting.is_writer():
+      stack.enter_context(workdir_lib.TrainerLock(workdir))
+    checkpointer = Checkpointer(workdir, config)
     # Also on errors: Orbax's background threads must not outlive the interpreter's exit.
-    checkpointer.close()
+    stack.callback(checkpointer.close)
+    checkpointer.check_resumable()
+    reporting.write_json_atomic(os.path.join(workdir, "config.json"),
+                                config_lib.to_dict(config))
+    corpus = parallel.load_corpus(config.data)
+    train_split = corpus.splits["train"]
+    if not len(train_split):
+      raise ConfigError(
+          f"--config.data: no training sentence is left after the length limit "
+          f"(last bucket {config.data.buckets[-1]}, rule {config.data.overlong!r}): "
+          f"{train_split.counts}.")
+    steps_per_epoch = len(pipeline.plan_batches(train_split, config.data.buckets,
+                                                config.data.batch_size))
+    method = methods.get(config, len(corpus.vocab), steps_per_epoch)
+    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.train.seed), 3)
+    state = create_replicated_train_state(method, config.train, init_rng, mesh)
+    writer = stack.enter_context(contextlib.closing(reporting.MetricWriter(workdir)))
+    result = _train_loop(config, workdir, corpus, method, state, eval_rng, train_rng,
+                         checkpointer, writer, mesh, steps_per_epoch, progress_bar)
+    return {**result, "curves": plots.training_curves(workdir, method.curve)}
 
 
 def _loop_step(method: methods.Method, config: Config, train_split: pipeline.Split,
@@ -140,7 +197,8 @@ def _loop_step(method: methods.Method, config: Config, train_split: pipeline.Spl
 
 def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: methods.Method,
                 state: TrainState, eval_rng: jax.Array, train_rng: jax.Array,
-                checkpointer: Checkpointer, mesh: jax.sharding.Mesh, steps_per_epoch: int,
+                checkpointer: Checkpointer, writer: reporting.MetricWriter,
+                mesh: jax.sharding.Mesh, steps_per_epoch: int,
                 progress_bar: bool = False) -> dict[str, Any]:
   train_split, valid_split = corpus.splits["train"], corpus.splits["valid"]
   restored = checkpointer.restore(checkpointing.abstract(state))
@@ -149,9 +207,11 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
     state, position = restored
     logging.info("Resumed from %s at step %d (epoch %d, batch %d).", checkpointer.directory,
                  int(state.step), position["epoch"] + 1, position["batch"])
+  # Records written after this checkpoint, by a run that was killed before its next save, are
+  # about to be written again: drop them (and the epoch's validation if it is still to come).
+  writer.resume_at(int(state.step), keep_valid=position["batch"] == 0)
   tcfg, batch_size = config.train, config.data.batch_size
   train_step = _loop_step(method, config, train_split, mesh, train_rng)
-  writer = reporting.MetricWriter(workdir)
   step = int(state.step)
   result: dict[str, Any] = {"status": "completed"}
   total_steps = steps_per_epoch * tcfg.num_epochs
@@ -162,7 +222,15 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
                len(train_split), steps_per_epoch, tcfg.num_epochs)
 
   pending: list[dict[str, jax.Array]] = []
+  checked: list[dict[str, np.ndarray]] = []  # this window's metrics already found finite
   run_start, window_start, window_step = time.time(), time.time(), step
+
+  def save(position: dict[str, int]) -> None:
+    """Checks that nothing is non-finite since the last check, then saves."""
+    checked.extend(parallel.to_host(pending[len(checked):]))
+    _check_finite(state, checked, window_step + 1, step, checkpointer)
+    checkpointer.save(step, state, position)
+
   bar = tqdm.auto.tqdm(total=total_steps, initial=step, unit="step", disable=not progress_bar)
   with StopOnSignal() as stop, bar:
     for epoch in range(position["epoch"], tcfg.num_epochs):
@@ -175,42 +243,46 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         pending.append(metrics)
         step += 1
         bar.update(1)
-        next_position = {"epoch": epoch, "batch": index + 1}
+        next_position = {"epoch": epoch, "batch": index + 1, "epoch_batches": len(plan)}
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
-        if step % tcfg.log_every_steps == 0 or done_with_run or stop.signum is not None:
+        signum = _agreed_stop(stop)
+        if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
           now = time.time()
-          summary = summarize_train(parallel.to_host(pending), method.train_metrics)
+          window = checked + parallel.to_host(pending[len(checked):])
+          _check_finite(state, window, window_step + 1, step, checkpointer)
+          summary = summarize_train(window, method.train_metrics)
           rate = (step - window_step) / max(now - window_start, 1e-9)
           summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
           writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary})
           logging.info(
-              "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.1f | %s | %.2f steps/s "
+              "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.4g | %s | %.2f steps/s "
               "| ETA epoch %s, run %s", epoch + 1, tcfg.num_epochs, index + 1, len(plan), step,
               summary["nll_per_token"], summary["ppl"], method.progress(summary), rate,
               reporting.format_seconds((len(plan) - index - 1) / rate),
               reporting.format_seconds((total_steps - step) / rate))
           bar.set_postfix(epoch=epoch + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
-          pending, window_start, window_step = [], now, step
+          pending, checked, window_start, window_step = [], [], now, step
         if step % tcfg.checkpoint_every_steps == 0:
-          checkpointer.save(step, state, next_position)
-        if done_with_run or stop.signum is not None:
-          checkpointer.save(step, state, next_position)
+          save(next_position)
+        if done_with_run or signum is not None:
+          stop.saving = True
+          save(next_position)
           checkpointer.wait()
-          status = "preempted" if stop.signum is not None else "max_steps"
-          return {"status": status, "signal": stop.signum, "step": step}
+          status = "preempted" if signum is not None else "max_steps"
+          return {"status": status, "signal": signum, "step": step}
       valid = evaluate.reconstruction(config, method, state.params, valid_split, eval_rng, mesh)
       if tcfg.epoch_latent_metrics:
         latent = evaluate.latent_statistics(config, method, state.params, valid_split,
                                             eval_rng, config.eval.batch_size)
         valid.update(au=latent["au"], mi=latent["mi"])
       writer.write({"step": step, "epoch": epoch + 1, "split": "valid", **valid})
-      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.1f) | REC/sentence %.2f%s%s",
+      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.4g) | REC/sentence %.2f%s%s",
                    epoch + 1, tcfg.num_epochs, valid["rec_per_token"], valid["rec_ppl"],
                    valid["rec_per_sentence"],
                    f" | KL {valid['kl_per_sentence']:.2f}" if "kl_per_sentence" in valid else "",
                    f" | AU {valid['au']} MI {valid['mi']:.3f}" if "au" in valid else "")
       result["valid"] = valid
-      checkpointer.save(step, state, {"epoch": epoch + 1, "batch": 0})
+      save({"epoch": epoch + 1, "batch": 0})
       plots.training_curves(workdir, method.curve)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))

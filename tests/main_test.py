@@ -48,7 +48,7 @@ def _assert_user_error(result, *phrases):
 
 @pytest.mark.parametrize("flags,phrases", [
     (["--config.train.sed=1"], ["unknown config field --config.train.sed",
-                                "--config.train has: num_epochs, learning_rate", "srlm/config.py"]),
+                                "--config.train has: num_epochs, learning_rate", "--help"]),
     (["--config.train.seed=one"], ["--config.train.seed=one", "invalid literal"]),
     (["--bogus=1"], ["Unknown command line flag 'bogus'"]),
     (["--flagfile=launch/missing.flags"], ["missing.flags"]),

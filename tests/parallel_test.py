@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -54,20 +56,37 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _train(workdir: str, tfds_dir: str, max_steps: int, num_processes: int) -> list[str]:
+def _start(workdir: str, tfds_dir: str, max_steps: int,
+           num_processes: int) -> list[subprocess.Popen]:
   command = [sys.executable, "-m", "srlm.main", "--flagfile=launch/ptb_tiny.flags",
              f"--workdir={workdir}", f"--config.data.dir={tfds_dir}",
              "--config.data.max_train_sentences=256", "--config.data.max_eval_sentences=32",
              f"--config.train.max_steps={max_steps}", "--config.train.log_every_steps=1"]
   port = _free_port()
-  processes = [subprocess.Popen(
+  return [subprocess.Popen(
       command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=_env(SRLM_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
       if num_processes > 1 else _env()) for i in range(num_processes)]
+
+
+def _train(workdir: str, tfds_dir: str, max_steps: int, num_processes: int,
+           expected_code: int = 0, signal_process_at_step: tuple[int, int] | None = None
+           ) -> list[str]:
+  """Runs the tiny config in num_processes processes; with signal_process_at_step=(p, s),
+  process p alone gets SIGTERM once step s is logged."""
+  processes = _start(workdir, tfds_dir, max_steps, num_processes)
+  if signal_process_at_step:
+    target, at_step = signal_process_at_step
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= at_step):
+      assert time.time() < deadline and all(p.poll() is None for p in processes)
+      time.sleep(0.05)
+    processes[target].send_signal(signal.SIGTERM)
   logs = [p.communicate(timeout=600)[0] for p in processes]
   for i, (process, log) in enumerate(zip(processes, logs)):
-    assert process.returncode == 0, f"process {i}:\n{log[-3000:]}"
+    assert process.returncode == expected_code, f"process {i}:\n{log[-3000:]}"
   return logs
 
 
@@ -87,9 +106,20 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, t
   with open(os.path.join(two, "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f if '"train"' in line]
   assert steps == [1, 2, 3, 4, 5]
+  # SIGTERM reaches one process only (clusters signal processes at different times): both
+  # agree on the step, save it together and stop.
+  _train(two, tfds_dir, 200, num_processes=2, expected_code=128 + signal.SIGTERM,
+         signal_process_at_step=(1, 6))
+  steps_saved = sorted(int(d) for d in os.listdir(os.path.join(two, "checkpoints"))
+                       if d.isdigit())
+  with open(os.path.join(two, "metrics.jsonl")) as f:
+    logged = [json.loads(line)["step"] for line in f if '"train"' in line]
+  stop_step = steps_saved[-1]
+  assert 6 <= stop_step < 200 and logged == list(range(1, stop_step + 1)), (steps_saved, logged)
   _train(one, tfds_dir, 5, num_processes=1)
+  _train(one, tfds_dir, stop_step, num_processes=1)
   two_run, one_run = (runs.restore_trained(config, w) for w in (two, one))
-  assert two_run.step == one_run.step == 5
+  assert two_run.step == one_run.step == stop_step
   for a, b in zip(jax.tree.leaves(two_run.params), jax.tree.leaves(one_run.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 

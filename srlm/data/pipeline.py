@@ -11,7 +11,10 @@ bucket, cut into batches, and the batches of all buckets shuffled together. The 
 an epoch is a batch index, which the checkpoint stores.
 """
 
+import contextlib
 import dataclasses
+import io
+import re
 from typing import Sequence
 
 from absl import logging
@@ -62,14 +65,23 @@ def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str, int]]
   """Prepares the corpus as ArrayRecord if needed; returns {split: [(line, text, label)]}
   and the data set's metadata."""
   builder_cls = builders.BUILDERS[config.corpus]
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout when it
+  # prepares a corpus (nothing is downloaded): say what happens instead. Its progress bars
+  # (stderr) still show.
+  printed = io.StringIO()
   try:
-    sources = tfds.data_source(
-        builder_cls.name, data_dir=config.dir or None,
-        builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir,
-                        "split_files": tuple(config.split_files)})
+    with contextlib.redirect_stdout(printed):
+      sources = tfds.data_source(
+          builder_cls.name, data_dir=config.dir or None,
+          builder_kwargs={"file_format": "array_record", "source_dir": config.source_dir,
+                          "split_files": tuple(config.split_files)})
   except CorpusError as e:
     # TFDS prefixes the message with its own context; the builder's message is what helps.
     raise CorpusError(e.message) from None
+  prepared = re.search(r"prepared to (\S+?)\.? Subsequent", printed.getvalue())
+  if prepared:
+    logging.info("Prepared %s as ArrayRecord in %s (once; later runs read it).", config.corpus,
+                 prepared.group(1))
   texts = {}
   for split, source in sources.items():
     examples = source.__getitems__(range(len(source)))
