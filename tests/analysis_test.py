@@ -201,3 +201,27 @@ def test_classify_and_cluster_find_the_labels_in_a_labelled_corpus(tfds_dir, tmp
   assert path == os.path.join(workdir, "cluster_test.json")
   with open(path) as f:
     assert 0.5 <= json.load(f)["accuracy"] <= 1.0
+
+
+# Issue 14: fail fast, and say which input words the model does not know.
+
+def test_classify_checks_its_splits_before_computing_features(workdir, tmp_path):
+  config = _config(workdir)
+  run = runs.restore_trained(config, workdir)
+  out = str(tmp_path)  # features would be written here
+  with pytest.raises(UserError, match="unknown split 'train_100'"):
+    analysis.classify(config, run, out)
+  config.analysis.label_splits, config.analysis.test_split = ("valid",), "test"
+  with pytest.raises(UserError, match="split 'valid' has no labels"):
+    analysis.classify(config, run, out)
+  assert not os.listdir(out)
+
+
+def test_unknown_input_words_are_named(workdir, caplog):
+  config = _config(workdir)
+  run = runs.restore_trained(config, workdir)
+  analysis.posterior_means(config, run, ["the market fell", "zzxq qqzx"])
+  text = caplog.text
+  assert "2 input word(s) are not in the" in text and "qqzx, zzxq" in text
+  assert "input sentence 2 ('zzxq qqzx') has no known word" in text
+  assert "input sentence 1" not in text

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srlm import analysis
 from srlm import checkpointing
 from srlm import config as config_lib
 from srlm import evaluate
@@ -227,26 +226,14 @@ def test_a_truncated_array_file_gets_one_plain_sentence(tfds_dir, tmp_path):
             if p.is_file() and p.parent.name == "d"]
   largest = max(arrays, key=lambda p: p.stat().st_size)
   os.truncate(largest, 1000)
-  for _ in range(2):  # the failure is asynchronous: its noise varied from try to try
-    _one_message(_cli(*common, "--config.train.max_steps=6"), 2,
-                 f"checkpoints/4 (step 4) cannot be read: its files are damaged",
-                 "previous checkpoint (step 2)")
+  # (The noise around the failure is asynchronous and varied from try to try: up to 4
+  # tracebacks and 250 lines before the fix.)
+  _one_message(_cli(*common, "--config.train.max_steps=6"), 2,
+               "checkpoints/4 (step 4) cannot be read: its files are damaged",
+               "previous checkpoint (step 2)")
 
 
 # --- 10. fail fast ------------------------------------------------------------------------------
-
-def test_classify_checks_its_splits_before_computing_features(tiny_config, tmp_path):
-  workdir = str(tmp_path)
-  train.train_and_evaluate(_small(tiny_config, max_steps=1), workdir)
-  config = config_lib.load_run_config(workdir)
-  run = runs.restore_trained(config, workdir)
-  with pytest.raises(UserError, match="unknown split 'train_100'"):
-    analysis.classify(config, run, workdir)
-  config.analysis.label_splits, config.analysis.test_split = ("valid",), "test"
-  with pytest.raises(UserError, match="split 'valid' has no labels"):
-    analysis.classify(config, run, workdir)
-  assert not [f for f in os.listdir(workdir) if f.startswith("features_")]
-
 
 def test_distributed_without_a_cluster_is_explained(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM"))}
@@ -263,20 +250,6 @@ def test_a_second_signal_during_the_final_save_is_ignored():
   stop.saving = False
   with pytest.raises(KeyboardInterrupt):
     stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
-
-
-# --- 11. unknown words --------------------------------------------------------------------------
-
-def test_unknown_input_words_are_named(tiny_config, tmp_path, caplog):
-  workdir = str(tmp_path)
-  train.train_and_evaluate(_small(tiny_config, max_steps=1), workdir)
-  config = config_lib.load_run_config(workdir)
-  run = runs.restore_trained(config, workdir)
-  analysis.posterior_means(config, run, ["the market fell", "zzxq qqzx"])
-  text = caplog.text
-  assert "2 input word(s) are not in the" in text and "qqzx, zzxq" in text
-  assert "input sentence 2 ('zzxq qqzx') has no known word" in text
-  assert "input sentence 1" not in text
 
 
 # --- 12. help and messages ----------------------------------------------------------------------
