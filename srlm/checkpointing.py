@@ -66,15 +66,13 @@ class Checkpointer:
     step = self._manager.latest_step()
     if step is None:
       return None
-    path = os.path.join(self.directory, str(step))
-    saved = self._saved_config(step)
-    self._check_fields(path, saved, config_lib.SHAPE_FIELDS, "was written under another config")
+    self._check_shapes(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
           position=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      raise _corrupt(path, step, self._manager.all_steps(), e) from None
+      raise self._corrupt(step, e) from None
     return restored["state"], dict(restored["position"])
 
   def check_resumable(self) -> None:
@@ -85,14 +83,12 @@ class Checkpointer:
     step = self._manager.latest_step()
     if step is None:
       return
-    path = os.path.join(self.directory, str(step))
-    saved = self._saved_config(step)
-    self._check_fields(path, saved, config_lib.SHAPE_FIELDS, "was written under another config")
+    saved = self._check_shapes(step)
     position = self._read(step, "position")
     # (Checkpoints written before epoch_batches was recorded count as mid-epoch.)
     if 0 < position.get("batch", 0) < position.get("epoch_batches", float("inf")):
       self._check_fields(
-          path, saved, config_lib.DATA_ORDER_FIELDS,
+          step, saved, config_lib.DATA_ORDER_FIELDS,
           f"stopped in the middle of epoch {position.get('epoch', 0) + 1} (at batch "
           f"{position['batch']}), and resuming it with another data order would skip or "
           "repeat sentences of that epoch")
@@ -102,17 +98,29 @@ class Checkpointer:
       return self._manager.restore(step, args=ocp.args.Composite(
           **{item: ocp.args.JsonRestore()}))[item]
     except Exception as e:  # pylint: disable=broad-except
-      raise _corrupt(os.path.join(self.directory, str(step)), step,
-                     self._manager.all_steps(), e) from None
+      raise self._corrupt(step, e) from None
 
-  def _saved_config(self, step: int) -> config_lib.Config:
+  def _check_shapes(self, step: int) -> config_lib.Config:
+    """The config checkpoint `step` was saved under, after checking that its parameter and
+    data shapes are this config's."""
     try:
-      return config_lib.from_dict(self._read(step, "config"))
+      saved = config_lib.from_dict(self._read(step, "config"))
     except config_lib.ConfigError as e:
-      raise _corrupt(os.path.join(self.directory, str(step)), step,
-                     self._manager.all_steps(), e) from None
+      raise self._corrupt(step, e) from None
+    self._check_fields(step, saved, config_lib.SHAPE_FIELDS, "was written under another config")
+    return saved
 
-  def _check_fields(self, path: str, saved: config_lib.Config, fields, what: str) -> None:
+  def _corrupt(self, step: int, error: Exception) -> CheckpointError:
+    older = sorted(s for s in self._manager.all_steps() if s < step)
+    hint = (f"Move it aside to resume from the previous checkpoint (step {older[-1]})"
+            if older else "Remove it to start over")
+    return CheckpointError(
+        f"the checkpoint in {os.path.join(self.directory, str(step))} (step {step}) cannot be "
+        f"read: its files are damaged or incomplete ({_reason(error)}). {hint}, or use a new "
+        "--workdir.")
+
+  def _check_fields(self, step: int, saved: config_lib.Config, fields, what: str) -> None:
+    path = os.path.join(self.directory, str(step))
     before = config_lib.field_values(saved, fields)
     now = config_lib.field_values(self._config, fields)
     differ = {k: (before[k], now[k]) for k in now if before[k] != now[k]}
@@ -128,15 +136,6 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _corrupt(path: str, step: int, steps, error: Exception) -> CheckpointError:
-  older = sorted(s for s in steps if s < step)
-  hint = (f"Move it aside to resume from the previous checkpoint (step {older[-1]})"
-          if older else "Remove it to start over")
-  return CheckpointError(
-      f"the checkpoint in {path} (step {step}) cannot be read: its files are damaged or "
-      f"incomplete ({_reason(error)}). {hint}, or use a new --workdir.")
 
 
 def _reason(error: Exception) -> str:

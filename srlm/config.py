@@ -326,9 +326,6 @@ def field_values(config: Config, paths: Sequence[str]) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in picked.items()}
 
 
-def shape_fields(config: Config) -> dict[str, Any]:
-  return field_values(config, SHAPE_FIELDS)
-
 
 # What absl and ml_collections raise for a bad flag, flag value, --config field or flagfile.
 FLAG_ERRORS = (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError)

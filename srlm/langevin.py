@@ -1,4 +1,5 @@
-"""The short-run Langevin chain of docs/method.md §2, shaped like a blackjax kernel. Imports jax only.
+"""The short-run Langevin chain of docs/method.md §2, shaped like a blackjax kernel.
+Imports jax only.
 
 From z_0, for k = 0 .. K-1:
 

@@ -107,7 +107,7 @@ def log_joint(log_likelihood_fn: Callable[[jax.Array], jax.Array],
   return log_likelihood_fn(z_BxD) + log_prior(z_BxD)
 
 
-# --- The Gaussian VAE baseline (docs/method.md §5) -------------------------------------------------
+# --- The Gaussian VAE baseline (docs/method.md §5) ------------------------------------------
 
 def gaussian_kl(mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
   """KL(N(mean, diag exp(logvar)) || N(0, I)) per sentence and dimension, (B, D):

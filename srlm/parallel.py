@@ -134,10 +134,10 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
   """Runs fn(batch, key) over a whole split, batch by batch in bucket order.
 
   Batch i gets key fold_in(rng, i); batch_size must divide among the mesh's devices
-  (`check_batch_size`, which callers run before any expensive work). Yields (the batch's sentence indices into the split, fn's
-  output on the host with the padding rows dropped): every leaf of the output must have the
-  batch as its first axis. With a label, logs progress with an ETA every 10 batches (and
-  `status()`, the caller's running summary, if given).
+  (`check_batch_size`, which callers run before any expensive work). Yields (the batch's
+  sentence indices into the split, fn's output on the host with the padding rows dropped):
+  every leaf of the output must have the batch as its first axis. With a label, logs
+  progress with an ETA every 10 batches (and `status()`, the caller's running summary).
   """
   plan = pipeline.plan_batches(split, buckets, batch_size)
   done, start = 0, time.time()

@@ -1,5 +1,5 @@
-"""What latent features are good for (docs/method.md §6): a linear classifier trained on few labels,
-and unsupervised clustering. Pure functions of (features, labels) arrays, built on
+"""What latent features are good for (docs/method.md §6): a linear classifier trained on few
+labels, and unsupervised clustering. Pure functions of (features, labels) arrays, built on
 scikit-learn's logistic regression, PCA and Gaussian mixture."""
 
 from typing import NamedTuple

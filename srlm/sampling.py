@@ -1,4 +1,5 @@
-"""Decoding sentences from latent codes (docs/method.md §6): greedy, temperature and top-k sampling.
+"""Decoding sentences from latent codes (docs/method.md §6): greedy, temperature and top-k
+sampling.
 
 `decode` runs the decoder one token at a time from `<s>` as one `lax.scan` of fixed length
 (jit-friendly); after a sentence emits `</s>` it emits `<pad>`. `to_text` turns the ids back

@@ -222,13 +222,11 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
                len(train_split), steps_per_epoch, tcfg.num_epochs)
 
   pending: list[dict[str, jax.Array]] = []
-  checked: list[dict[str, np.ndarray]] = []  # this window's metrics already found finite
   run_start, window_start, window_step = time.time(), time.time(), step
 
   def save(position: dict[str, int]) -> None:
-    """Checks that nothing is non-finite since the last check, then saves."""
-    checked.extend(parallel.to_host(pending[len(checked):]))
-    _check_finite(state, checked, window_step + 1, step, checkpointer)
+    """Saves, after checking that nothing since the last log step is non-finite."""
+    _check_finite(state, parallel.to_host(pending), window_step + 1, step, checkpointer)
     checkpointer.save(step, state, position)
 
   bar = tqdm.auto.tqdm(total=total_steps, initial=step, unit="step", disable=not progress_bar)
@@ -248,7 +246,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         signum = _agreed_stop(stop)
         if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
           now = time.time()
-          window = checked + parallel.to_host(pending[len(checked):])
+          window = parallel.to_host(pending)
           _check_finite(state, window, window_step + 1, step, checkpointer)
           summary = summarize_train(window, method.train_metrics)
           rate = (step - window_step) / max(now - window_start, 1e-9)
@@ -261,7 +259,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
               reporting.format_seconds((len(plan) - index - 1) / rate),
               reporting.format_seconds((total_steps - step) / rate))
           bar.set_postfix(epoch=epoch + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
-          pending, checked, window_start, window_step = [], [], now, step
+          pending, window_start, window_step = [], now, step
         if step % tcfg.checkpoint_every_steps == 0:
           save(next_position)
         if done_with_run or signum is not None:

@@ -21,7 +21,8 @@ def test_every_launch_flagfile_parses_and_validates(flagfile):
 
 def _fields():
   for section in dataclasses.fields(config_lib.Config):
-    for field in dataclasses.fields(config_lib._section_type(section)):  # pylint: disable=protected-access
+    section_type = config_lib._section_type(section)  # pylint: disable=protected-access
+    for field in dataclasses.fields(section_type):
       yield section.name, field.name
 
 

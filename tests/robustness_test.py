@@ -138,7 +138,8 @@ def test_records_after_the_last_checkpoint_are_not_duplicated_on_resume(tiny_con
   # As if killed after logging steps 4-5 (and epoch 2's validation) but before saving them.
   for step in _checkpoint_steps(workdir):
     if step > 3:
-      checkpointing.Checkpointer(workdir, config)._manager.delete(step)  # pylint: disable=protected-access
+      manager = checkpointing.Checkpointer(workdir, config)._manager  # pylint: disable=protected-access
+      manager.delete(step)
   train.train_and_evaluate(config, workdir)
   keys = [(r["step"], r["split"]) for r in _records(workdir)]
   assert len(keys) == len(set(keys)), keys
