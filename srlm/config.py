@@ -53,9 +53,10 @@ class DataConfig:
 @dataclasses.dataclass
 class ModelConfig:
   """The LSTM decoder p(x | z) of docs/method.md §1, and which model is trained with it."""
-  # The method (srlm/methods/): "sri": z inferred by the short-run chain (the paper). "lm": the
+  # The method (srlm/methods/): "sri": z inferred by the short-run chain (the paper).
+  # "sri_learned": the same with the chain's step sizes learned (docs/method.md §7). "lm": the
   # same decoder without z (LSTM language model). "vae": a Gaussian VAE with an LSTM encoder
-  # (see VaeConfig).
+  # (see VaeConfig). "savae": the semi-amortized VAE (see SaVaeConfig).
   kind: str = "sri"
   embed_dim: int = 256
   hidden_dim: int = 256
@@ -79,6 +80,16 @@ class LangevinConfig:
   temperature_epochs: tuple[float, ...] = (15.0, 18.0)
   temperature_values: tuple[float, ...] = (0.05, 0.2)
   eval_temperature: float = 0.2
+  # Learned step sizes (--config.model.kind=sri_learned, docs/method.md §7): every learn_every
+  # decoder steps, one Adam step (rate learn_rate) on the K log step sizes, maximising the
+  # short-run ELBO (at eval_temperature, dropout off) of the batch's first learn_batch
+  # sentences. The step sizes above are the starting point.
+  learn_every: int = 20
+  learn_batch: int = 4
+  learn_rate: float = 0.01
+  # --mode=fit_step_sizes: the decoder fixed, this many such updates on random sub-batches of
+  # learn_batch validation sentences (any SRI run; the result is saved beside the checkpoint).
+  fit_steps: int = 200
 
 
 @dataclasses.dataclass
@@ -119,6 +130,19 @@ class VaeConfig:
 
 
 @dataclasses.dataclass
+class SaVaeConfig:
+  """The semi-amortized VAE (--config.model.kind=savae, docs/method.md §8; Kim et al. 2018):
+  the encoder's (mean, log variance) refined per sentence by refine_steps steps of gradient
+  descent with momentum on the sentence's negative ELBO (beta-weighted KL, as in training),
+  each step's gradient clipped to refine_max_grad_norm. KL annealing and free bits: VaeConfig.
+  """
+  refine_steps: int = 20
+  refine_learning_rate: float = 0.03125
+  refine_momentum: float = 0.5
+  refine_max_grad_norm: float = 28.28
+
+
+@dataclasses.dataclass
 class EvalConfig:
   """`--mode=eval` (docs/method.md §4): importance-sampled NLL/PPL, KL, REC, AU, MI."""
   split: str = "test"
@@ -131,6 +155,10 @@ class EvalConfig:
   # 0: the whole split (the authors used 80 random batches); else its first N sentences.
   max_sentences: int = 0
   seed: int = 0
+  # Which chain step sizes an SRI run is evaluated with: "run" (the config's, or the ones it
+  # learned), or "fitted" (those --mode=fit_step_sizes saved for the checkpoint; the result
+  # goes to eval_<split>_fitted.json).
+  step_sizes: str = "run"
 
 
 @dataclasses.dataclass
@@ -185,6 +213,7 @@ class Config:
   langevin: LangevinConfig = dataclasses.field(default_factory=LangevinConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   vae: VaeConfig = dataclasses.field(default_factory=VaeConfig)
+  savae: SaVaeConfig = dataclasses.field(default_factory=SaVaeConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
   parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
@@ -194,6 +223,7 @@ CORPORA = ("ptb", "yahoo", "yelp", "snli", "short_yelp")
 GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+EVAL_STEP_SIZES = ("run", "fitted")
 
 
 def _check(ok: bool, flag: str, message: str):
@@ -233,6 +263,9 @@ def validate(config: Config) -> Config:
   _check(all(v >= 0 for v in l.temperature_values), "langevin.temperature_values",
          "must be >= 0")
   _check(l.eval_temperature >= 0, "langevin.eval_temperature", "must be >= 0")
+  for name in ("learn_every", "learn_batch", "fit_steps"):
+    _check(getattr(l, name) >= 1, f"langevin.{name}", f"must be >= 1, got {getattr(l, name)}")
+  _check(l.learn_rate > 0, "langevin.learn_rate", f"must be > 0, got {l.learn_rate}")
   _check(t.num_epochs >= 1, "train.num_epochs", f"must be >= 1, got {t.num_epochs}")
   _check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
   _check(t.grad_clip_norm > 0, "train.grad_clip_norm", f"must be > 0, got {t.grad_clip_norm}")
@@ -248,6 +281,13 @@ def validate(config: Config) -> Config:
   _check(v.aggressive_epochs >= 0, "vae.aggressive_epochs", "must be >= 0")
   _check(v.aggressive_window >= 1, "vae.aggressive_window", "must be >= 1")
   _check(v.aggressive_max_steps >= 1, "vae.aggressive_max_steps", "must be >= 1")
+  sa = config.savae
+  _check(sa.refine_steps >= 0, "savae.refine_steps", "must be >= 0 (0: the plain VAE)")
+  _check(sa.refine_learning_rate > 0, "savae.refine_learning_rate", "must be > 0")
+  _check(0 <= sa.refine_momentum < 1, "savae.refine_momentum", "must be in [0, 1)")
+  _check(sa.refine_max_grad_norm > 0, "savae.refine_max_grad_norm", "must be > 0")
+  _check(e.step_sizes in EVAL_STEP_SIZES, "eval.step_sizes",
+         f"must be one of {EVAL_STEP_SIZES}, got {e.step_sizes!r}")
   _check(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
   _check(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
   _check(e.num_posterior_chains >= 2, "eval.num_posterior_chains",

@@ -31,8 +31,10 @@ from srlm import methods
 from srlm import parallel
 from srlm import reporting
 from srlm import runs
+from srlm import step_sizes
 from srlm.config import Config
 from srlm.data import pipeline
+from srlm.methods import base
 
 AU_THRESHOLD = 0.01
 
@@ -171,8 +173,13 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
 
 def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
   """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
-  WORKDIR/eval_<split>.json. Raises UserError for a missing checkpoint or a bad split."""
+  WORKDIR/eval_<split>.json (eval_<split>_fitted.json with --config.eval.step_sizes=fitted:
+  the chain's step sizes from --mode=fit_step_sizes). Raises UserError for a missing
+  checkpoint, fitted file or a bad split."""
   run = runs.restore_trained(config, workdir)
+  fitted = config.eval.step_sizes == "fitted"
+  if fitted:
+    run = step_sizes.with_fitted(workdir, run)
   if config.eval.split not in run.corpus.splits:
     raise config_lib.ConfigError(
         f"--config.eval.split: unknown split {config.eval.split!r}; "
@@ -181,7 +188,12 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
                           run.corpus.splits[config.eval.split],
                           jax.random.key(config.eval.seed))
   result["checkpoint_step"] = run.step
-  path = os.path.join(workdir, f"eval_{config.eval.split}.json")
+  if run.method.step_sizes is not None:
+    result["step_sizes"] = np.asarray(run.method.step_sizes(run.params)).tolist()
+    result["step_sizes_source"] = ("fitted (--mode=fit_step_sizes)" if fitted else
+                                   "the run's" + (" (learned)" if base.STEP_SIZES_PART
+                                                  in run.params else " (config)"))
+  path = os.path.join(workdir, f"eval_{config.eval.split}{'_fitted' if fitted else ''}.json")
   reporting.write_json_atomic(path, result)
   result["path"] = path
   return result

@@ -27,11 +27,15 @@ _WORKDIR = flags.DEFINE_string(
     "run there is resumed.")
 _MODE = flags.DEFINE_enum(
     "mode", "train",
-    ["train", "eval", "sample", "reconstruct", "interpolate", "features", "classify", "cluster"],
+    ["train", "eval", "fit_step_sizes", "sample", "reconstruct", "interpolate", "features",
+     "classify", "cluster"],
     "train: train or resume the run in --workdir (training_curves.png is redrawn each epoch). "
     "The others restore its latest checkpoint with the run's config.json and any --config.* "
     "flags given on top: eval writes eval_<split>.json (importance-sampled NLL/PPL, KL, MI, "
-    "AU, REC); sample writes samples.txt (prior samples); reconstruct writes "
+    "AU, REC; with --config.eval.step_sizes=fitted, eval_<split>_fitted.json); "
+    "fit_step_sizes (SRI runs) fits the chain's step sizes to the validation split with the "
+    "decoder fixed and writes step_sizes/fitted_<step>.json; sample writes samples.txt "
+    "(prior samples); reconstruct writes "
     "reconstructions.tsv; interpolate writes interpolations.txt; features writes "
     "features_<split>.npy, labels_<split>.npy and features_<split>.png; classify writes "
     "classification.json; cluster writes cluster_<split>.json (see --config.analysis.*).")
@@ -130,6 +134,7 @@ def main(argv: list[str]) -> None:
   from srlm import evaluate  # pylint: disable=import-outside-toplevel
   from srlm import parallel  # pylint: disable=import-outside-toplevel
   from srlm import reporting  # pylint: disable=import-outside-toplevel
+  from srlm import step_sizes  # pylint: disable=import-outside-toplevel
   from srlm import train  # pylint: disable=import-outside-toplevel
   from srlm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   try:
@@ -145,6 +150,17 @@ def main(argv: list[str]) -> None:
         result = evaluate.evaluate_workdir(config, _WORKDIR.value)
         if reporting.is_writer():
           _print_eval(result)
+      elif _MODE.value == "fit_step_sizes":
+        result = step_sizes.fit_workdir(config, _WORKDIR.value)
+        if reporting.is_writer():
+          print(f"fitted step sizes for checkpoint step {result['checkpoint_step']} on "
+                f"{result['valid_sentences']} validation sentences ({result['fit_steps']} "
+                f"updates): valid short-run ELBO {result['valid_elbo_before']:.2f} -> "
+                f"{result['valid_elbo_after']:.2f}\n"
+                f"  before {_rounded(result['initial_step_sizes'])}\n"
+                f"  after  {_rounded(result['step_sizes'])}\n"
+                f"  written to {result['path']}; evaluate with --mode=eval "
+                "--config.eval.step_sizes=fitted")
       else:
         text, path = analysis.run_mode(_MODE.value, config, _WORKDIR.value)
         if reporting.is_writer():
@@ -178,6 +194,10 @@ def _given_config_overrides() -> dict[str, object]:
           if name.startswith(prefix) and flags.FLAGS[name].present}
 
 
+def _rounded(values: list[float]) -> str:
+  return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
 def _print_eval(result: dict) -> None:
   print(f"eval {result['split']}: checkpoint step {result['checkpoint_step']}, "
         f"{result['num_sentences']} sentences, {result['num_tokens']} tokens, "
@@ -186,7 +206,9 @@ def _print_eval(result: dict) -> None:
         f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
         + (f"  non-finite NLL for {result['non_finite_nll_sentences']} sentence(s), source "
            f"lines {result['non_finite_nll_lines'][:10]} (all in the JSON)\n"
-           if result["non_finite_nll_sentences"] else "") +
+           if result["non_finite_nll_sentences"] else "")
+        + (f"  chain step sizes: {result['step_sizes_source']} "
+           f"{_rounded(result['step_sizes'])}\n" if "step_sizes" in result else "") +
         f"  written to {result['path']}")
 
 

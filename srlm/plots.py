@@ -58,6 +58,38 @@ def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str |
   return reporting.save_figure(figure, os.path.join(workdir, "training_curves.png"))
 
 
+def schedule(workdir: str, prefix: str, label: str) -> str | None:
+  """WORKDIR/schedule.png from metrics.jsonl: the vector logged as <prefix>_00, _01, ... (a
+  method's `schedule`: the learned step sizes s_k) against its index k, one line per epoch
+  (its last training record). Returns the path, or None without data."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if not reporting.is_writer() or not os.path.exists(metrics_path):
+    return None
+  keys = lambda r: sorted(k for k in r if k.startswith(prefix + "_")
+                          and k[len(prefix) + 1:].isdigit())
+  last_of_epoch = {}
+  for r in _read_metrics(metrics_path):
+    if r.get("split") == "train" and keys(r):
+      last_of_epoch[r["epoch"]] = r
+  if not last_of_epoch:
+    return None
+  figure = Figure(figsize=(6, 4), layout="constrained")
+  axes = figure.subplots()
+  colours = _epoch_colours(len(last_of_epoch))
+  for colour, (epoch, record) in zip(colours, sorted(last_of_epoch.items())):
+    axes.plot(range(len(keys(record))), [record[k] for k in keys(record)], "o-", ms=3,
+              color=colour, label=f"epoch {epoch} (step {record['step']})")
+  axes.set(xlabel="chain step k", ylabel=label, yscale="log")
+  axes.legend(fontsize="small", ncol=2 if len(last_of_epoch) > 8 else 1)
+  return reporting.save_figure(figure, os.path.join(workdir, "schedule.png"))
+
+
+def _epoch_colours(count: int) -> list:
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  return [colormaps["viridis"](i / max(count - 1, 1)) for i in range(count)]
+
+
 def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str,
                        title: str) -> str:
   """A scatter plot of the features' first two principal components, coloured by label

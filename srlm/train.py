@@ -61,6 +61,10 @@ def summarize_train(metrics: list[dict[str, np.ndarray]],
       summary[name] = total[key] / len(metrics)
     elif reduction == base.LAST:
       summary[name] = float(metrics[-1][key])
+    elif reduction.startswith(base.per("")):
+      count = total[reduction[len(base.per("")):]]
+      if count:
+        summary[name] = total[key] / count
     else:
       raise ValueError(f"metric {name}: unknown reduction {reduction!r}")
   return summary
@@ -282,6 +286,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
       result["valid"] = valid
       save({"epoch": epoch + 1, "batch": 0})
       plots.training_curves(workdir, method.curve)
+      if method.schedule:
+        plots.schedule(workdir, *method.schedule)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
   return {**result, "step": step}

@@ -12,15 +12,19 @@ from srlm import config as config_lib
 from srlm.config import Config
 from srlm.errors import ConfigError
 from srlm.methods import lm
+from srlm.methods import savae
 from srlm.methods import sri
+from srlm.methods import sri_learned
 from srlm.methods import vae
 from srlm.methods.base import Method
 
 # --config.model.kind -> make(config, vocab_size, steps_per_epoch=1) -> Method
 REGISTRY: dict[str, Callable[..., Method]] = {
     "sri": sri.make,
+    "sri_learned": sri_learned.make,
     "lm": lm.make,
     "vae": vae.make,
+    "savae": savae.make,
 }
 
 

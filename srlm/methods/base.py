@@ -18,10 +18,12 @@ Step signatures (batch: `inputs`, `targets`, `mask` (B, L-1), plus `epoch` in tr
 Padding rows (mask all 0) may hold anything in per-sentence outputs; drivers drop them.
 """
 
+import types
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from srlm.models import Decoder
 
@@ -39,12 +41,24 @@ PER_SENTENCE = "per_sentence"  # sum over the window / sentences in the window
 PER_STEP = "per_step"  # mean over the window's steps
 LAST = "last"  # the value at the window's last step (a schedule's current value)
 
+
+def per(count_metric: str) -> str:
+  """Reduction: sum over the window / the window's sum of count_metric (e.g. the mean over
+  the steps that did a periodic update); left out of a window whose count is 0."""
+  return f"per:{count_metric}"
+
 # Every train_step reports these sums; `srlm.train.summarize_train` turns them into
 # nll_per_token and ppl, and METRICS below into the rest.
 REQUIRED_TRAIN_SUMS = ("nll_sum", "num_tokens", "num_sentences", "param_grad_norm")
 # logged name -> (train_step metric, reduction); each method adds its own.
 COMMON_METRICS = {"nll_per_sentence": ("nll_sum", PER_SENTENCE),
                   "param_grad_norm": ("param_grad_norm", PER_STEP)}
+
+
+# The params part that holds a short-run chain's own step sizes, {"log_step_sizes": (K,)}: the
+# learned ones (methods/sri_learned.py), or those fitted post hoc (srlm/step_sizes.py). A
+# method with a chain uses them when the part is present, else its config's.
+STEP_SIZES_PART = "step_sizes"
 
 
 class LoopContext(NamedTuple):
@@ -81,6 +95,17 @@ class Method(NamedTuple):
   # A schedule that is not one jitted step per batch (the aggressive VAE's inner loop):
   # LoopContext -> LoopStep. None: the loop calls jit(train_step)(state, batch, rng).
   loop_step: Callable[[LoopContext], LoopStep] | None = None
+  # part -> optimiser, for parts not trained by the run's Adam (the learned step sizes).
+  optimizers: Mapping[str, optax.GradientTransformation] = types.MappingProxyType({})
+  # (logged metric prefix, axis label): metrics <prefix>_00, _01, ... form a vector drawn
+  # against its index once per epoch (schedule.png: the learned step sizes), or None.
+  schedule: tuple[str, str] | None = None
+  # For a method with a short-run chain: (params, batch, rng) -> each sentence's (B,) short-run
+  # ELBO under the step sizes in params[STEP_SIZES_PART] (docs/method.md §7), differentiable
+  # in them; `step_sizes(params)` gives the (K,) step sizes the chain uses. None for methods
+  # without a chain.
+  step_size_elbo: BatchFn | None = None
+  step_sizes: Callable[[Params], jax.Array] | None = None
 
   @property
   def latent_dim(self) -> int:
@@ -90,6 +115,12 @@ class Method(NamedTuple):
 def sentence_mask(batch: Batch) -> jax.Array:
   """1.0 for real sentences, 0.0 for the all-padding rows that fill a bucket's last batch."""
   return (jnp.sum(batch["mask"], axis=-1) > 0).astype(jnp.float32)
+
+
+def sentence_mean(values_B: jax.Array, batch: Batch) -> jax.Array:
+  """The mean of per-sentence values over the batch's real sentences (padding rows left out)."""
+  mask_B = sentence_mask(batch)
+  return jnp.sum(jnp.where(mask_B > 0, values_B, 0.0)) / jnp.maximum(jnp.sum(mask_B), 1.0)
 
 
 def empty_latent(batch: Batch) -> jax.Array:

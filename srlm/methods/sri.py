@@ -30,6 +30,10 @@ The first term needs one (L D x H) @ (H x V) product per sentence instead of two
 Posterior moments (AU, MI, codes for the latent-space modes): the mean and variance of S
 chains per sentence at the evaluation noise; features: the mean of the noiseless, constant-step
 chains of docs/method.md §6.
+
+Step sizes: the config's (docs/method.md §2), unless the params carry their own
+(base.STEP_SIZES_PART, see `chain_step_sizes`): then training, validation, the NLL and the
+posterior chains use those. `make_step_size_elbo` is the objective that tunes them (§7).
 """
 
 from typing import NamedTuple
@@ -175,8 +179,38 @@ def feature_chains(config: Config) -> ChainSettings:
   return ChainSettings(a.feature_chains, (a.feature_step_size,) * a.feature_steps, 0.0)
 
 
+def chain_step_sizes(params, default_K: jax.Array) -> jax.Array:
+  """The (K,) step sizes of the chain: the run's own when its params carry them
+  (base.STEP_SIZES_PART: learned, or fitted post hoc), else default_K (the config's)."""
+  own = params.get(base.STEP_SIZES_PART)
+  return default_K if own is None else jnp.exp(own["log_step_sizes"])
+
+
+def make_step_size_elbo(model: Decoder, default_K: jax.Array,
+                        temperature: float) -> base.BatchFn:
+  """(params, batch, rng) -> each sentence's (B,) value for one chain of
+      log p(x, z_K) - log N(z_0; 0, I) + log|det dz_K/dz_0|,
+  the short-run ELBO of docs/method.md §7 (the log w of §4), at `temperature`, dropout off.
+  Differentiable in params[STEP_SIZES_PART] by autodiff through the log-det chain: exact,
+  and it takes derivatives of the Hessians (third derivatives of the decoder), so use a few
+  sentences."""
+  temperature = jnp.float32(temperature)
+
+  def step_size_elbo(params, batch, rng):
+    decoder_params = params["decoder"]
+    return importance_weights(
+        rng, batch["targets"].shape[0], model.latent_dim,
+        decoder_value_grad_hessian(model, decoder_params, batch),
+        lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch, None),
+        chain_step_sizes(params, default_K), temperature)["log_w"]
+
+  return step_size_elbo
+
+
 def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
-  step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
+  """The decoder's step of docs/method.md §3, with the chain's step sizes from the state's
+  params when they carry them (chain_step_sizes)."""
+  default_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   lcfg = config.langevin
   accumulated = config.train.gradient == "accumulated"
 
@@ -186,7 +220,8 @@ def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
     z0, zK, infos, chain_grads = infer_z(
-        model, state.params["decoder"], batch, chain_rng, step_sizes_K, temperature,
+        model, state.params["decoder"], batch, chain_rng,
+        chain_step_sizes(state.params, default_K), temperature,
         dropout=True, param_grads=accumulated)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = base.sentence_mask(batch)
@@ -215,12 +250,15 @@ def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
   return train_step
 
 
-def make_posterior_step(model: Decoder, chains: ChainSettings) -> base.BatchFn:
-  """(params, batch, rng) -> the mean and variance (B, D) of `chains` chains per sentence."""
-  step_sizes_K = jnp.asarray(chains.step_sizes, jnp.float32)
+def make_posterior_step(model: Decoder, chains: ChainSettings,
+                        run_step_sizes: bool = True) -> base.BatchFn:
+  """(params, batch, rng) -> the mean and variance (B, D) of `chains` chains per sentence.
+  With run_step_sizes, the step sizes the params carry replace chains.step_sizes."""
+  default_K = jnp.asarray(chains.step_sizes, jnp.float32)
   temperature = jnp.float32(chains.temperature)
 
   def posterior_step(params, batch, rng):
+    step_sizes_K = chain_step_sizes(params, default_K) if run_step_sizes else default_K
     z_SxBxD = jax.lax.map(
         lambda key: infer_z(model, params["decoder"], batch, key, step_sizes_K, temperature,
                             dropout=False)[1],
@@ -230,7 +268,7 @@ def make_posterior_step(model: Decoder, chains: ChainSettings) -> base.BatchFn:
   return posterior_step
 
 
-def _progress(summary: dict[str, float]) -> str:
+def progress(summary: dict[str, float]) -> str:
   return (f"|z_K-z_0| {summary['z_distance']:.2f} |grad z| first "
           f"{summary['grad_norm_first']:.1f} last {summary['grad_norm_last']:.2f} "
           f"| T {summary['temperature']:.3f}")
@@ -239,13 +277,13 @@ def _progress(summary: dict[str, float]) -> str:
 def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
   del steps_per_epoch  # the noise schedule is a function of the epoch, which batches carry
   model = make_decoder(config.model, vocab_size, config.model.latent_dim)
-  step_sizes_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
+  default_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   eval_temperature = jnp.float32(config.langevin.eval_temperature)
   num_samples = config.eval.num_samples
 
   def valid_step(params, batch, rng):
-    _, z, _, _ = infer_z(model, params["decoder"], batch, rng, step_sizes_K, eval_temperature,
-                         dropout=False)
+    _, z, _, _ = infer_z(model, params["decoder"], batch, rng,
+                         chain_step_sizes(params, default_K), eval_temperature, dropout=False)
     return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None)}
 
   def nll_step(params, batch, rng):
@@ -255,6 +293,7 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
     log_lik_fn = lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch,
                                                              None)
     # Samples one after another (lax.map) keeps memory at one chain's worth per sentence.
+    step_sizes_K = chain_step_sizes(params, default_K)
     parts = jax.lax.map(
         lambda key: importance_weights(key, batch_size, model.latent_dim, vgh_fn, log_lik_fn,
                                        step_sizes_K, eval_temperature),
@@ -273,13 +312,14 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
       valid_step=valid_step,
       nll_step=nll_step,
       posterior_step=make_posterior_step(model, posterior_chains(config)),
-      feature_step=make_posterior_step(model, features),
+      # The features' chains are the paper's protocol, whatever the run's own step sizes.
+      feature_step=make_posterior_step(model, features, run_step_sizes=False),
       train_metrics={**base.COMMON_METRICS,
                      "grad_norm_first": ("grad_norm_first_sum", base.PER_SENTENCE),
                      "grad_norm_last": ("grad_norm_last_sum", base.PER_SENTENCE),
                      "z_distance": ("z_distance_sum", base.PER_SENTENCE),
                      "temperature": ("temperature", base.LAST)},
-      progress=_progress,
+      progress=progress,
       curve=("z_distance", "|z_K - z_0| (chain travel)"),
       estimator=(
           f"importance sampling with M={num_samples} short-run chains per sentence "
@@ -293,4 +333,6 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
       feature_settings={"chains": features.num_chains, "steps": len(features.step_sizes),
                         "step_size": config.analysis.feature_step_size,
                         "temperature": features.temperature},
+      step_size_elbo=make_step_size_elbo(model, default_K, lcfg.eval_temperature),
+      step_sizes=lambda params: chain_step_sizes(params, default_K),
   )

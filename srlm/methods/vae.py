@@ -14,6 +14,7 @@ means, MI in closed form for the Gaussians); features are the encoder means.
 """
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +29,29 @@ from srlm.methods import base
 from srlm.models import Decoder, Encoder, make_decoder, make_encoder
 
 
+# (decoder params, mean (B, D), logvar (B, D), batch, rng, beta, dropout) -> (mean, logvar):
+# a per-sentence refinement of the encoder's q(z | x) (methods/savae.py), differentiable.
+Refine = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def posterior(encoder: Encoder, refine: Refine | None, params, batch, rng, beta,
+              dropout: bool) -> tuple[jax.Array, jax.Array]:
+  """q(z | x)'s (mean, logvar), each (B, D): the encoder's, refined when `refine` is given."""
+  mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                       batch["mask"])
+  if refine is None:
+    return mean_BxD, logvar_BxD
+  return refine(params["decoder"], mean_BxD, logvar_BxD, batch, rng, beta, dropout)
+
+
 def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_epoch: int,
-                    parts: tuple[str, ...] = ("encoder", "decoder")) -> base.TrainStepFn:
+                    parts: tuple[str, ...] = ("encoder", "decoder"),
+                    refine: Refine | None = None) -> base.TrainStepFn:
   """The ELBO step; `parts` says which of encoder / decoder it updates. Only a step that
   updates the decoder counts as a step (the aggressive schedule's encoder-only updates don't),
-  and beta is a function of that count."""
+  and beta is a function of that count. With `refine`, the ELBO is taken at the refined q and
+  differentiated through the refinement (SA-VAE); its randomness comes from a key of its own,
+  so with no refinement step the step is exactly the VAE's."""
   vcfg = config.vae
   counts_step = "decoder" in parts
   kl_weight = objectives.kl_weight_schedule(vcfg.kl_start, vcfg.kl_warmup_epochs,
@@ -45,8 +64,8 @@ def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_
     beta = kl_weight(state.step)
 
     def loss_fn(params):
-      mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
-                                           batch["mask"])
+      mean_BxD, logvar_BxD = posterior(encoder, refine, params, batch,
+                                       jax.random.fold_in(z_rng, 1), beta, dropout=True)
       z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(z_rng, mean_BxD.shape)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
                                                  dropout_rng)
@@ -93,12 +112,12 @@ def aggressive_encoder_updates(encoder_step: base.TrainStepFn, state, split: pip
 
 
 def _aggressive_loop_step(config: Config, model: Decoder, encoder: Encoder,
-                          steps_per_epoch: int):
+                          steps_per_epoch: int, refine: Refine | None):
   """LoopContext -> LoopStep: during the first aggressive_epochs epochs, the inner encoder
   loop then a decoder-only step; afterwards the joint step."""
   def make_loop_step(context: base.LoopContext) -> base.LoopStep:
     step_of = lambda parts: context.jit(
-        make_train_step(config, model, encoder, steps_per_epoch, parts))
+        make_train_step(config, model, encoder, steps_per_epoch, parts, refine))
     encoder_step, decoder_step = step_of(("encoder",)), step_of(("decoder",))
     joint_step = step_of(("encoder", "decoder"))
     inner_plan = pipeline.plan_batches(context.train_split, config.data.buckets,
@@ -123,10 +142,17 @@ def _progress(summary: dict[str, float]) -> str:
           f"encoder steps {summary['encoder_steps']:.1f}")
 
 
-def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
+def make(config: Config, vocab_size: int, steps_per_epoch: int = 1,
+         refine_of: Callable[[Decoder], Refine] | None = None) -> base.Method:
+  """The VAE; with refine_of (decoder -> Refine), the VAE whose q(z | x) is refined
+  (methods/savae.py): in training, and in every evaluation and latent-space mode (beta 1)."""
   model = make_decoder(config.model, vocab_size, config.model.latent_dim)
   encoder = make_encoder(config.model, vocab_size)
+  refine = refine_of(model) if refine_of is not None else None
   num_samples = config.eval.num_samples
+
+  def q(params, batch, rng):
+    return posterior(encoder, refine, params, batch, rng, jnp.float32(1.0), dropout=False)
 
   def init_params(rng):
     decoder_rng, encoder_rng = jax.random.split(rng)
@@ -135,21 +161,17 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
             "encoder": encoder.init(encoder_rng, tokens, jnp.ones((1, 2)))["params"]}
 
   def posterior_step(params, batch, rng):
-    del rng
-    mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
-                                         batch["mask"])
+    mean_BxD, logvar_BxD = q(params, batch, rng)
     return mean_BxD, jnp.exp(logvar_BxD)
 
   def valid_step(params, batch, rng):
-    mean, logvar = encoder.apply({"params": params["encoder"]}, batch["targets"],
-                                 batch["mask"])
+    mean, logvar = q(params, batch, jax.random.fold_in(rng, 1))
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
     return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None),
             "kl": jnp.sum(objectives.gaussian_kl(mean, logvar), axis=-1)}
 
   def nll_step(params, batch, rng):
-    mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
-                                         batch["mask"])
+    mean_BxD, logvar_BxD = q(params, batch, jax.random.fold_in(rng, 1))
 
     def one_sample(key):
       z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(key, mean_BxD.shape)
@@ -168,7 +190,7 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
       name="vae",
       decoder=model,
       init_params=init_params,
-      train_step=make_train_step(config, model, encoder, steps_per_epoch),
+      train_step=make_train_step(config, model, encoder, steps_per_epoch, refine=refine),
       valid_step=valid_step,
       nll_step=nll_step,
       posterior_step=posterior_step,
@@ -186,6 +208,6 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
       nll_samples=f"M={num_samples} samples of q(z|x) per sentence",
       features="encoder means",
       feature_settings={},
-      loop_step=(_aggressive_loop_step(config, model, encoder, steps_per_epoch)
+      loop_step=(_aggressive_loop_step(config, model, encoder, steps_per_epoch, refine)
                  if config.vae.aggressive_epochs else None),
   )

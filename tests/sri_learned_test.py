@@ -1,0 +1,97 @@
+"""Learned short-run step sizes (srlm/methods/sri_learned.py, srlm/step_sizes.py): the gradient
+of the short-run ELBO matches central finite differences (float64), a run learns, logs and
+draws its schedule, and any SRI workdir can have step sizes fitted and evaluated with them."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from srlm import config as config_lib
+from srlm import evaluate
+from srlm import runs
+from srlm import step_sizes
+from srlm import train
+from srlm.errors import UserError
+from srlm.methods import base
+from srlm.methods import sri
+
+
+def test_step_size_gradient_matches_finite_differences(tiny_decoder):
+  model, params, batch = tiny_decoder
+  initial_K = np.array([0.5, 0.4, 0.3, 0.2])
+  with jax.enable_x64():
+    params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    elbo_fn = sri.make_step_size_elbo(model, jnp.asarray(initial_K), temperature=0.2)
+
+    @jax.jit
+    def mean_elbo(log_step_sizes):
+      values = elbo_fn({"decoder": params64,
+                        base.STEP_SIZES_PART: {"log_step_sizes": log_step_sizes}},
+                       batch, jax.random.key(3))
+      return base.sentence_mean(values, batch)
+
+    log_K = jnp.log(jnp.asarray(initial_K))
+    grad = jax.grad(mean_elbo)(log_K)
+    h = 1e-5
+    finite_difference = [(mean_elbo(log_K.at[k].add(h)) - mean_elbo(log_K.at[k].add(-h)))
+                         / (2 * h) for k in range(len(initial_K))]
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(finite_difference), rtol=1e-6)
+  assert np.all(np.abs(np.asarray(grad)) > 1e-3)  # every step size matters
+
+
+@pytest.fixture(scope="module")
+def learned_workdir(tfds_dir, tmp_path_factory):
+  """A one-epoch sri_learned run from its tiny flagfile (2 decoder steps, 2 step-size
+  updates)."""
+  workdir = str(tmp_path_factory.mktemp("sri_learned"))
+  config = config_lib.from_flags([
+      "--flagfile=launch/ptb_sri_learned_tiny.flags", f"--config.data.dir={tfds_dir}",
+      "--config.data.max_train_sentences=16", "--config.data.max_eval_sentences=8",
+      "--config.data.batch_size=8", "--config.data.buckets=(24,)",
+      "--config.train.num_epochs=1", "--config.train.log_every_steps=1",
+      "--config.langevin.learn_every=1", "--config.langevin.fit_steps=3"])
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_a_run_learns_logs_and_draws_its_step_sizes(learned_workdir):
+  config = config_lib.load_run_config(learned_workdir)
+  with open(os.path.join(learned_workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if '"train"' in line]
+  initial = config_lib.step_sizes(config.langevin)
+  logged = [[r[f"step_size_{k:02d}"] for k in range(len(initial))] for r in records]
+  assert len(logged) == 2 and all(r["step_size_updates"] == 1.0 for r in records)
+  assert np.all(np.isfinite(logged)) and not np.allclose(logged[0], initial)
+  assert not np.allclose(logged[0], logged[1])  # every step moved them
+  assert all(np.isfinite(r["step_size_elbo"]) for r in records)
+  assert os.path.getsize(os.path.join(learned_workdir, "schedule.png")) > 0
+  run = runs.restore_trained(config, learned_workdir)
+  np.testing.assert_allclose(np.asarray(run.method.step_sizes(run.params)), logged[-1],
+                             rtol=1e-6)
+
+
+def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
+  config = config_lib.load_run_config(learned_workdir, {
+      "eval.max_sentences": 4, "eval.num_samples": 2, "eval.num_posterior_chains": 2,
+      "eval.step_sizes": "fitted"})
+  with pytest.raises(UserError, match="fit_step_sizes"):  # nothing fitted yet
+    evaluate.evaluate_workdir(config, learned_workdir)
+  fitted = step_sizes.fit_workdir(config, learned_workdir)
+  assert fitted["path"] == step_sizes.fitted_path(learned_workdir, 2)
+  assert len(fitted["sub_batch_elbos"]) == 3
+  assert np.isfinite(fitted["valid_elbo_before"]) and np.isfinite(fitted["valid_elbo_after"])
+  assert fitted["step_sizes"] != fitted["initial_step_sizes"]
+  result = evaluate.evaluate_workdir(config, learned_workdir)
+  assert result["path"].endswith("eval_test_fitted.json")
+  np.testing.assert_allclose(result["step_sizes"], fitted["step_sizes"], rtol=1e-6)
+  baseline = evaluate.evaluate_workdir(
+      config_lib.load_run_config(learned_workdir, {"eval.max_sentences": 4,
+                                                   "eval.num_samples": 2,
+                                                   "eval.num_posterior_chains": 2}),
+      learned_workdir)
+  np.testing.assert_allclose(baseline["step_sizes"], fitted["initial_step_sizes"], rtol=1e-6)
+  assert baseline["nll"] != result["nll"] and np.isfinite(result["nll"])
