@@ -3,8 +3,11 @@
     python benchmarks/train_step.py [--kind=sri] [--lengths=22,12,32] [--gradient=final]
         [--compute_dtype=float32] [--devices=1]
 
---kind=lm|vae (any registered method) times that method's step (the VAE with both encoder and
-decoder updated).
+--kind=lm|vae|savae|sri_learned (any registered method) times that method's step (the VAEs
+with both encoder and decoder updated). For sri_learned, two rows per T: the decoder step alone
+("step_size_update": false, what 19 of 20 steps cost) and the step that also updates the step
+sizes (true), and the amortised cost per decoder step at --config.langevin.learn_every = 100
+(launch/ptb_sri_learned.flags) in "amortised_s".
 --devices=1,2,4,8 times the same global batch sharded over 1, 2, 4, 8 devices (on a CPU, with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, which simulates devices on the same cores).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
@@ -39,6 +42,8 @@ _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", config_lib.COMPUT
                                    "Matmul input precision (config.model.compute_dtype).")
 _DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to shard the batch over.")
 _VOCAB = 10002
+# The step-size update's period in launch/ptb_sri_learned.flags (the amortisation).
+_FLAGFILE_LEARN_EVERY = 100
 
 
 def main(argv):
@@ -47,6 +52,25 @@ def main(argv):
   config.train.gradient = _GRADIENT.value
   config.model.kind = _KIND.value
   config.model.compute_dtype = _COMPUTE_DTYPE.value
+  rows = []
+  # sri_learned: every step updates the step sizes (learn_every 1), or none after the first
+  # (whose time is the compile's, not in the median).
+  for learn_every in ((1, 10 ** 9) if _KIND.value == "sri_learned" else (None,)):
+    if learn_every:
+      config.langevin.learn_every = learn_every
+    rows += _time_method(config, learn_every)
+  if _KIND.value == "sri_learned":
+    every = _FLAGFILE_LEARN_EVERY
+    for update in (r for r in rows if r["step_size_update"]):
+      plain = next(r for r in rows if not r["step_size_update"] and r["T"] == update["T"])
+      update["amortised_s"] = plain["median_s"] + (update["median_s"] - plain["median_s"]) / every
+      print(f"T={update['T']}: step-size update every {every} decoder steps adds "
+            f"{(update['median_s'] - plain['median_s']) / every:.3f} s per decoder step "
+            f"({update['amortised_s'] / plain['median_s'] - 1:.0%})")
+  _write(config, rows)
+
+
+def _time_method(config, learn_every):
   method = methods.get(config, _VOCAB, steps_per_epoch=1315)
   rng = np.random.default_rng(0)
   batch_size = config.data.batch_size
@@ -67,14 +91,22 @@ def main(argv):
                "epoch": np.int32(0)}
       timing = common.time_calls(lambda: one_step(batch), _REPEATS.value)
       row = {"devices": num_devices, "T": length, **timing,
+             **({"step_size_update": learn_every == 1} if learn_every else {}),
              "steps_per_s": 1 / timing["median_s"],
              "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
       rows.append(row)
-      print(f"devices={num_devices} T={length:3d}: {row['median_s']:.3f} s/step "
+      print(f"devices={num_devices} T={length:3d}"
+            + (f" step-size update {row['step_size_update']}" if learn_every else "")
+            + f": {row['median_s']:.3f} s/step "
             f"(min {row['min_s']:.3f}), {row['steps_per_s']:.2f} steps/s, "
             f"{row['sentences_per_s']:.1f} sentences/s, "
             f"compile+first {row['compile_and_first_call_s']:.1f} s, "
             f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
+  return rows
+
+
+def _write(config, rows):
+  batch_size = config.data.batch_size
   name = "train_step_" + _KIND.value + (f"_{_GRADIENT.value}" if _KIND.value == "sri" else "")
   if _COMPUTE_DTYPE.value != "float32":
     name += f"_{_COMPUTE_DTYPE.value}"
@@ -85,7 +117,12 @@ def main(argv):
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,
                  "latent_dim": config.model.latent_dim, "vocab_size": _VOCAB,
                  "kind": _KIND.value, "gradient": _GRADIENT.value,
-                 "compute_dtype": _COMPUTE_DTYPE.value},
+                 "compute_dtype": _COMPUTE_DTYPE.value,
+                 **({"learn_batch": config.langevin.learn_batch,
+                     "amortised_over": _FLAGFILE_LEARN_EVERY}
+                    if _KIND.value == "sri_learned" else {}),
+                 **({"refine_steps": config.savae.refine_steps}
+                    if _KIND.value == "savae" else {})},
       "rows": rows})
   print(f"wrote {path}")
 

@@ -84,7 +84,7 @@ class LangevinConfig:
   # decoder steps, one Adam step (rate learn_rate) on the K log step sizes, maximising the
   # short-run ELBO (at eval_temperature, dropout off) of the batch's first learn_batch
   # sentences. The step sizes above are the starting point.
-  learn_every: int = 20
+  learn_every: int = 100
   learn_batch: int = 4
   learn_rate: float = 0.01
   # --mode=fit_step_sizes: the decoder fixed, this many such updates on random sub-batches of

@@ -11,7 +11,7 @@ MATHS = {"srlm.models", "srlm.objectives", "srlm.langevin", "srlm.sampling"}
 MATHS_MAY_IMPORT = MATHS | {"srlm.data.vocab"}
 # What drives runs and touches files; methods (srlm.methods.*) sit below these.
 DRIVERS = {"srlm.main", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
-           "srlm.checkpointing", "srlm.plots"}
+           "srlm.checkpointing", "srlm.plots", "srlm.step_sizes"}
 
 
 def _module_name(path) -> str:
