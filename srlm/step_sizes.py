@@ -87,8 +87,7 @@ def fit_workdir(config: Config, workdir: str) -> dict[str, Any]:
   part = {"log_step_sizes": np.log(initial_K)}
   opt_state = tx.init(part)
 
-  @jax.jit
-  def update(part, opt_state, batch, rng):
+  def update_fn(part, opt_state, batch, rng):
     def loss_fn(part):
       values_B = run.method.step_size_elbo({**run.params, base.STEP_SIZES_PART: part}, batch,
                                            rng)
@@ -97,6 +96,8 @@ def fit_workdir(config: Config, workdir: str) -> dict[str, Any]:
     updates, opt_state = tx.update(grad, opt_state, part)
     return optax.apply_updates(part, updates), opt_state, -loss
 
+  # Replicated outputs: every process holds the step sizes and can read the ELBO.
+  update = parallel.jit_replicated(update_fn, mesh)
   eval_rng, fit_rng = jax.random.split(jax.random.key(config.eval.seed))
   before = _mean_elbo(config, run, run.params, split, mesh, eval_rng)
   plan = pipeline.plan_batches(split, config.data.buckets, lcfg.learn_batch)
