@@ -35,15 +35,12 @@ def main(argv):
   run = runs.restore_trained(config, _WORKDIR.value)
   fitted = step_sizes.with_fitted(_WORKDIR.value, run)
   mesh = parallel.make_mesh(0)
-  elbo = parallel.jit_replicated(run.method.step_size_elbo, mesh)
   rows = []
   for split in ("valid", "test"):
     sentences = run.corpus.splits[split].head(_SENTENCES.value)
-    values = {}
-    for name, params in (("run", run.params), ("fitted", fitted.params)):
-      values[name] = np.concatenate([out for _, out in parallel.map_split(
-          lambda batch, key, params=params: elbo(params, batch, key), sentences,
-          config.data.buckets, config.eval.batch_size, mesh, jax.random.key(0))])
+    values = {name: step_sizes.split_elbos(config, run, params, sentences, mesh,
+                                           jax.random.key(0))
+              for name, params in (("run", run.params), ("fitted", fitted.params))}
     gain = values["fitted"] - values["run"]
     row = {"split": split, "sentences": len(sentences),
            "mean_run": float(values["run"].mean()), "mean_fitted": float(values["fitted"].mean()),

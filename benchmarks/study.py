@@ -11,7 +11,7 @@ Each run is `python -m srlm.main` in WORKDIR/<run> (default workdirs/study_<scal
 already trained there is resumed (or just re-evaluated). Writes
 benchmarks/results/study_<scale>_<backend>.json and prints a Markdown table. ELBO is
 -(REC + KL) as --mode=eval estimates them (for SRI, under the short-run density with its exact
-log-det); for the LM, which has no latent, it is its exact log-likelihood.
+log-det); for the LM, which has no latent, that is its exact log-likelihood.
 """
 
 import json
@@ -84,7 +84,7 @@ def _read(path: str) -> dict:
 
 def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> dict:
   result = _read(os.path.join(workdir, eval_file))
-  elbo = -(result["rec"] + result["kl"]) if result["model_kind"] != "lm" else -result["nll"]
+  elbo = -(result["rec"] + result["kl"])  # the LM's REC is its NLL, its KL 0
   return {"run": name, "method": label, "kind": result["model_kind"], "elbo": elbo,
           "nll": result["nll"], "ppl": result["ppl"], "kl": result["kl"], "mi": result["mi"],
           "au": result["au"], "rec": result["rec"], "num_sentences": result["num_sentences"],

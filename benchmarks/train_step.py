@@ -42,8 +42,10 @@ _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", config_lib.COMPUT
                                    "Matmul input precision (config.model.compute_dtype).")
 _DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to shard the batch over.")
 _VOCAB = 10002
-# The step-size update's period in launch/ptb_sri_learned.flags (the amortisation).
-_FLAGFILE_LEARN_EVERY = 100
+# The step-size update's period in launch/ptb_sri_learned.flags (the amortisation); run from
+# the repository root, as the flagfile includes launch/ptb.flags.
+_FLAGFILE_LEARN_EVERY = config_lib.from_flags(
+    ["--flagfile=launch/ptb_sri_learned.flags"]).langevin.learn_every
 
 
 def main(argv):

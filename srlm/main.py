@@ -155,8 +155,10 @@ def main(argv: list[str]) -> None:
         if reporting.is_writer():
           print(f"fitted step sizes for checkpoint step {result['checkpoint_step']} on "
                 f"{result['valid_sentences']} validation sentences ({result['fit_steps']} "
-                f"updates): valid short-run ELBO {result['valid_elbo_before']:.2f} -> "
-                f"{result['valid_elbo_after']:.2f}\n"
+                f"updates): valid short-run ELBO mean {result['valid_elbo_before']:.2f} -> "
+                f"{result['valid_elbo_after']:.2f}, median "
+                f"{result['valid_elbo_median_before']:.2f} -> "
+                f"{result['valid_elbo_median_after']:.2f}\n"
                 f"  before {_rounded(result['initial_step_sizes'])}\n"
                 f"  after  {_rounded(result['step_sizes'])}\n"
                 f"  written to {result['path']}; evaluate with --mode=eval "

@@ -10,6 +10,7 @@ import numpy as np
 
 from srlm import probes
 from srlm import reporting
+from srlm.methods import base
 
 
 def _read_metrics(path: str) -> list[dict]:
@@ -66,8 +67,7 @@ def schedule(workdir: str, prefix: str, label: str) -> str | None:
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if not reporting.is_writer() or not os.path.exists(metrics_path):
     return None
-  keys = lambda r: sorted(k for k in r if k.startswith(prefix + "_")
-                          and k[len(prefix) + 1:].isdigit())
+  keys = lambda record: base.schedule_keys(prefix, record)
   last_of_epoch = {}
   for r in _read_metrics(metrics_path):
     if r.get("split") == "train" and keys(r):

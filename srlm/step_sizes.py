@@ -4,8 +4,8 @@ For any trained run with a short-run chain (sri, sri_learned), the decoder is he
 the K log step sizes take langevin.fit_steps Adam steps (rate langevin.learn_rate) on the
 short-run ELBO of random sub-batches of langevin.learn_batch validation sentences, starting
 from the run's own step sizes. The result is saved beside the checkpoint, as
-WORKDIR/step_sizes/fitted_<step>.json (with the validation ELBO before and after, one chain
-per sentence, same noise), and `--mode=eval --config.eval.step_sizes=fitted` evaluates with it.
+WORKDIR/step_sizes/fitted_<step>.json (with the validation ELBO's mean and median before and
+after, one chain per sentence, same noise), and `--mode=eval --config.eval.step_sizes=fitted` evaluates with it.
 """
 
 import json
@@ -60,14 +60,13 @@ def with_fitted(workdir: str, run: runs.TrainedRun) -> runs.TrainedRun:
   return run._replace(params=params)
 
 
-def _mean_elbo(config: Config, run: runs.TrainedRun, params, split: pipeline.Split,
-               mesh: jax.sharding.Mesh, rng: jax.Array) -> float:
-  """The split's mean short-run ELBO per sentence (one chain each)."""
+def split_elbos(config: Config, run: runs.TrainedRun, params, split: pipeline.Split,
+                mesh: jax.sharding.Mesh, rng: jax.Array) -> np.ndarray:
+  """Each sentence's short-run ELBO (one chain) under the step sizes `params` carry."""
   elbo = parallel.jit_replicated(run.method.step_size_elbo, mesh)
-  values = [out for _, out in parallel.map_split(
+  return np.concatenate([out for _, out in parallel.map_split(
       lambda batch, key: elbo(params, batch, key), split, config.data.buckets,
-      config.eval.batch_size, mesh, rng, label=f"short-run ELBO on {split.name}")]
-  return float(np.mean(np.concatenate(values)))
+      config.eval.batch_size, mesh, rng, label=f"short-run ELBO on {split.name}")])
 
 
 def fit_workdir(config: Config, workdir: str) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def fit_workdir(config: Config, workdir: str) -> dict[str, Any]:
   # Replicated outputs: every process holds the step sizes and can read the ELBO.
   update = parallel.jit_replicated(update_fn, mesh)
   eval_rng, fit_rng = jax.random.split(jax.random.key(config.eval.seed))
-  before = _mean_elbo(config, run, run.params, split, mesh, eval_rng)
+  before = split_elbos(config, run, run.params, split, mesh, eval_rng)
   plan = pipeline.plan_batches(split, config.data.buckets, lcfg.learn_batch)
   choice = np.random.default_rng([config.train.seed, run.step])
   elbos, start = [], time.time()
@@ -115,12 +114,16 @@ def fit_workdir(config: Config, workdir: str) -> dict[str, Any]:
                    reporting.format_seconds((time.time() - start) / (i + 1)
                                             * (lcfg.fit_steps - i - 1)))
   fitted_K = np.exp(np.asarray(part["log_step_sizes"], np.float64))
-  after = _mean_elbo(config, run, {**run.params, base.STEP_SIZES_PART: part}, split, mesh,
-                     eval_rng)
+  after = split_elbos(config, run, {**run.params, base.STEP_SIZES_PART: part}, split, mesh,
+                      eval_rng)
   result = {
       "checkpoint_step": run.step, "model_kind": run.method.name,
       "step_sizes": fitted_K.tolist(), "initial_step_sizes": initial_K.tolist(),
-      "valid_elbo_before": before, "valid_elbo_after": after,
+      # The mean is dominated by a few chains with nearly singular Jacobians; the median is
+      # the typical sentence (benchmarks/fitted_elbo_spread.py).
+      "valid_elbo_before": float(before.mean()), "valid_elbo_after": float(after.mean()),
+      "valid_elbo_median_before": float(np.median(before)),
+      "valid_elbo_median_after": float(np.median(after)),
       "valid_sentences": len(split), "fit_steps": lcfg.fit_steps,
       "learn_batch": lcfg.learn_batch, "learn_rate": lcfg.learn_rate,
       "eval_temperature": lcfg.eval_temperature, "sub_batch_elbos": elbos,

@@ -12,6 +12,7 @@ import pytest
 
 from srlm import config as config_lib
 from srlm import evaluate
+from srlm import methods
 from srlm import runs
 from srlm import step_sizes
 from srlm import train
@@ -25,13 +26,13 @@ def test_step_size_gradient_matches_finite_differences(tiny_decoder):
   initial_K = np.array([0.5, 0.4, 0.3, 0.2])
   with jax.enable_x64():
     params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-    elbo_fn = sri.make_step_size_elbo(model, jnp.asarray(initial_K), temperature=0.2)
+    chain_weights = sri.make_chain_weights(model, jnp.asarray(initial_K), temperature=0.2)
 
     @jax.jit
     def mean_elbo(log_step_sizes):
-      values = elbo_fn({"decoder": params64,
-                        base.STEP_SIZES_PART: {"log_step_sizes": log_step_sizes}},
-                       batch, jax.random.key(3))
+      values = chain_weights({"decoder": params64,
+                              base.STEP_SIZES_PART: {"log_step_sizes": log_step_sizes}},
+                             batch, jax.random.key(3))["log_w"]
       return base.sentence_mean(values, batch)
 
     log_K = jnp.log(jnp.asarray(initial_K))
@@ -65,7 +66,11 @@ def test_a_run_learns_logs_and_draws_its_step_sizes(learned_workdir):
   initial = config_lib.step_sizes(config.langevin)
   logged = [[r[f"step_size_{k:02d}"] for k in range(len(initial))] for r in records]
   assert len(logged) == 2 and all(r["step_size_updates"] == 1.0 for r in records)
-  assert np.all(np.isfinite(logged)) and not np.allclose(logged[0], initial)
+  assert np.all(np.isfinite(logged))
+  # Their own Adam: its first step moves every log s_k by learn_rate (0.05 here), not by the
+  # decoder's learning rate.
+  np.testing.assert_allclose(np.abs(np.log(np.asarray(logged[0]) / initial)),
+                             config.langevin.learn_rate, rtol=1e-3)
   assert not np.allclose(logged[0], logged[1])  # every step moved them
   assert all(np.isfinite(r["step_size_elbo"]) for r in records)
   assert os.path.getsize(os.path.join(learned_workdir, "schedule.png")) > 0
@@ -95,3 +100,20 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
       learned_workdir)
   np.testing.assert_allclose(baseline["step_sizes"], fitted["initial_step_sizes"], rtol=1e-6)
   assert baseline["nll"] != result["nll"] and np.isfinite(result["nll"])
+  run = runs.restore_trained(config, learned_workdir)
+  with open(fitted["path"], "w") as f:
+    json.dump({"step_sizes": [0.1, 0.2]}, f)
+  with pytest.raises(UserError, match="holds 2 step sizes; the run's chain has 5"):
+    step_sizes.with_fitted(learned_workdir, run)
+  with open(fitted["path"], "w") as f:
+    f.write("{not json")
+  with pytest.raises(UserError, match="cannot read the fitted step sizes"):
+    step_sizes.with_fitted(learned_workdir, run)
+
+
+def test_a_method_without_a_chain_has_no_step_sizes_to_fit(tmp_path):
+  config = config_lib.tiny()
+  config.model.kind = "vae"
+  run = runs.TrainedRun(corpus=None, method=methods.get(config, 40), params={}, step=0)
+  with pytest.raises(config_lib.ConfigError, match="'vae' has no short-run chain"):
+    step_sizes.with_fitted(str(tmp_path), run)

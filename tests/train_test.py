@@ -21,6 +21,7 @@ from srlm import objectives
 from srlm import state as state_lib
 from srlm import train
 from srlm.data import pipeline
+from srlm.methods import base
 from srlm.methods import sri
 
 from conftest import REPO, replace
@@ -44,6 +45,14 @@ def _first_batch(corpus, config):
 def _setup(config, corpus):
   method = methods.get(config, len(corpus.vocab))
   return method, state_lib.create_train_state(method, config.train, jax.random.key(0))
+
+
+def test_a_per_count_reduction_averages_over_counted_steps_and_skips_empty_windows():
+  reductions = {"elbo": ("elbo_sum", base.per("updates"))}
+  window = [{"nll_sum": 1.0, "num_tokens": 1.0, "num_sentences": 1.0, "elbo_sum": v,
+             "updates": u} for v, u in ((-10.0, 1.0), (0.0, 0.0), (-30.0, 1.0))]
+  assert train.summarize_train(window, reductions)["elbo"] == -20.0
+  assert "elbo" not in train.summarize_train(window[1:2], reductions)
 
 
 def test_golden_first_step(tiny_config, corpus):

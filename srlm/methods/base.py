@@ -47,6 +47,12 @@ def per(count_metric: str) -> str:
   the steps that did a periodic update); left out of a window whose count is 0."""
   return f"per:{count_metric}"
 
+def schedule_keys(prefix: str, record: Mapping[str, Any]) -> list[str]:
+  """The keys <prefix>_00, <prefix>_01, ... of a logged record (Method.schedule), in order."""
+  return sorted(k for k in record
+                if k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit())
+
+
 # Every train_step reports these sums; `srlm.train.summarize_train` turns them into
 # nll_per_token and ppl, and METRICS below into the rest.
 REQUIRED_TRAIN_SUMS = ("nll_sum", "num_tokens", "num_sentences", "param_grad_norm")

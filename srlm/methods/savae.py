@@ -78,11 +78,9 @@ def make_refine(config: Config, model: Decoder) -> vae.Refine:
   """The refinement lambda_0 -> lambda_K above, as a vae.Refine."""
   path = make_refinement_path(config, model)
 
-  def refine(*args):
-    if config.savae.refine_steps == 0:
-      return args[1], args[2]
-    means, logvars = path(*args)
-    return means[-1], logvars[-1]
+  def refine(decoder_params, mean_BxD, logvar_BxD, batch, rng, beta, dropout):
+    means, logvars = path(decoder_params, mean_BxD, logvar_BxD, batch, rng, beta, dropout)
+    return means[-1], logvars[-1]  # with 0 steps, the encoder's own
 
   return refine
 

@@ -33,7 +33,7 @@ chains of docs/method.md §6.
 
 Step sizes: the config's (docs/method.md §2), unless the params carry their own
 (base.STEP_SIZES_PART, see `chain_step_sizes`): then training, validation, the NLL and the
-posterior chains use those. `make_step_size_elbo` is the objective that tunes them (§7).
+posterior chains use those. `make_chain_weights`' log w is the objective that tunes them (§7).
 """
 
 from typing import NamedTuple
@@ -186,25 +186,25 @@ def chain_step_sizes(params, default_K: jax.Array) -> jax.Array:
   return default_K if own is None else jnp.exp(own["log_step_sizes"])
 
 
-def make_step_size_elbo(model: Decoder, default_K: jax.Array,
-                        temperature: float) -> base.BatchFn:
-  """(params, batch, rng) -> each sentence's (B,) value for one chain of
-      log p(x, z_K) - log N(z_0; 0, I) + log|det dz_K/dz_0|,
-  the short-run ELBO of docs/method.md §7 (the log w of §4), at `temperature`, dropout off.
-  Differentiable in params[STEP_SIZES_PART] by autodiff through the log-det chain: exact,
-  and it takes derivatives of the Hessians (third derivatives of the decoder), so use a few
-  sentences."""
+def make_chain_weights(model: Decoder, default_K: jax.Array, temperature: float):
+  """(params, batch, rng) -> `importance_weights` of one chain per sentence with the run's
+  step sizes (chain_step_sizes), at `temperature`, dropout off: the NLL's samples (§4), and
+  with its "log_w" the short-run ELBO of docs/method.md §7,
+      log p(x, z_K) - log N(z_0; 0, I) + log|det dz_K/dz_0|.
+  Differentiable in params[STEP_SIZES_PART] by autodiff through the log-det chain: exact, and
+  it takes derivatives of the Hessians (third derivatives of the decoder), so use a few
+  sentences for that."""
   temperature = jnp.float32(temperature)
 
-  def step_size_elbo(params, batch, rng):
+  def chain_weights(params, batch, rng):
     decoder_params = params["decoder"]
     return importance_weights(
         rng, batch["targets"].shape[0], model.latent_dim,
         decoder_value_grad_hessian(model, decoder_params, batch),
         lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch, None),
-        chain_step_sizes(params, default_K), temperature)["log_w"]
+        chain_step_sizes(params, default_K), temperature)
 
-  return step_size_elbo
+  return chain_weights
 
 
 def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
@@ -280,6 +280,7 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
   default_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
   eval_temperature = jnp.float32(config.langevin.eval_temperature)
   num_samples = config.eval.num_samples
+  chain_weights = make_chain_weights(model, default_K, config.langevin.eval_temperature)
 
   def valid_step(params, batch, rng):
     _, z, _, _ = infer_z(model, params["decoder"], batch, rng,
@@ -287,17 +288,9 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
     return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None)}
 
   def nll_step(params, batch, rng):
-    batch_size = batch["targets"].shape[0]
-    decoder_params = params["decoder"]
-    vgh_fn = decoder_value_grad_hessian(model, decoder_params, batch)
-    log_lik_fn = lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch,
-                                                             None)
     # Samples one after another (lax.map) keeps memory at one chain's worth per sentence.
-    step_sizes_K = chain_step_sizes(params, default_K)
-    parts = jax.lax.map(
-        lambda key: importance_weights(key, batch_size, model.latent_dim, vgh_fn, log_lik_fn,
-                                       step_sizes_K, eval_temperature),
-        jax.random.split(rng, num_samples))
+    parts = jax.lax.map(lambda key: chain_weights(params, batch, key),
+                        jax.random.split(rng, num_samples))
     return {"nll": objectives.nll_from_log_weights(parts["log_w"]),
             "kl": jnp.mean(parts["log_q"] - parts["log_prior"], axis=0),
             "rec": -jnp.mean(parts["log_likelihood"], axis=0)}
@@ -333,6 +326,6 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
       feature_settings={"chains": features.num_chains, "steps": len(features.step_sizes),
                         "step_size": config.analysis.feature_step_size,
                         "temperature": features.temperature},
-      step_size_elbo=make_step_size_elbo(model, default_K, lcfg.eval_temperature),
+      step_size_elbo=lambda params, batch, rng: chain_weights(params, batch, rng)["log_w"],
       step_sizes=lambda params: chain_step_sizes(params, default_K),
   )

@@ -64,15 +64,8 @@ def make_train_step(config: Config, method: base.Method) -> base.TrainStepFn:
   return train_step
 
 
-def schedule_values(summary: dict[str, float]) -> list[float]:
-  """s_0 .. s_{K-1} from a summary's step_size_<k> entries."""
-  prefix = SCHEDULE_PREFIX + "_"
-  return [v for k, v in sorted(summary.items())
-          if k.startswith(prefix) and k[len(prefix):].isdigit()]
-
-
 def _progress(summary: dict[str, float]) -> str:
-  sizes = schedule_values(summary)
+  sizes = [summary[k] for k in base.schedule_keys(SCHEDULE_PREFIX, summary)]
   elbo = summary.get("step_size_elbo")
   return (f"{sri.progress(summary)} | s_0 {sizes[0]:.3f} s_K-1 {sizes[-1]:.3f}"
           + (f" | ELBO(s) {elbo:.2f}" if elbo is not None else ""))
@@ -103,6 +96,5 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
              for k in range(len(initial_K))}},
       progress=_progress,
       schedule=(SCHEDULE_PREFIX, "step size s_k"),
-      estimator=method.estimator.replace("short-run chains", "short-run chains with the "
-                                         "learned step sizes", 1),
+      estimator=method.estimator + " The chains' step sizes are the learned ones.",
   )
