@@ -20,6 +20,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
+from srlm import cli
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
 from srlm import evaluate  # pylint: disable=wrong-import-position
 from srlm import train  # pylint: disable=wrong-import-position
@@ -36,7 +37,7 @@ def main(argv):
   del argv
   rows = {}
   for dtype in config_lib.COMPUTE_DTYPES:
-    config = config_lib.from_flags([
+    config = cli.config_from_flags([
         f"--flagfile={_FLAGFILE.value}", f"--config.model.compute_dtype={dtype}",
         f"--config.train.max_steps={_STEPS.value}", "--config.train.num_epochs=1000",
         "--config.train.checkpoint_every_steps=1000000",

@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
+from srlm import cli
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
 from srlm import methods  # pylint: disable=wrong-import-position
 from srlm import parallel  # pylint: disable=wrong-import-position
@@ -44,7 +45,7 @@ _DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to shard the batch
 _VOCAB = 10002
 # The step-size update's period in launch/ptb_sri_learned.flags (the amortisation); run from
 # the repository root, as the flagfile includes launch/ptb.flags.
-_FLAGFILE_LEARN_EVERY = config_lib.from_flags(
+_FLAGFILE_LEARN_EVERY = cli.config_from_flags(
     ["--flagfile=launch/ptb_sri_learned.flags"]).langevin.learn_every
 
 

@@ -3,7 +3,7 @@ interpolations, features, semi-supervised classification and clustering.
 
 Each function takes a restored run (`runs.restore_trained`) and returns text; `run_mode`
 writes it into the workdir and returns what to print. Inferred codes are the posterior means
-of the run's method (`Method.posterior_step`: the mean of S = config.eval.num_posterior_chains
+of the run's method (`Latent.posterior_step`: the mean of S = config.eval.num_posterior_chains
 short-run chains for SRI, the encoder's mean for the VAE), features its `feature_step`. A
 method without a latent (the LSTM-LM) has no latent space.
 """
@@ -47,7 +47,7 @@ def _method(config: Config, run: runs.TrainedRun) -> methods.Method:
 
 
 def _require_latent(run: runs.TrainedRun, mode: str) -> None:
-  if run.method.posterior_step is None:
+  if run.method.latent is None:
     raise UserError(f"--mode={mode} needs a latent space; this run's method "
                     f"(--config.model.kind={run.method.name}) has none.")
 
@@ -65,11 +65,11 @@ def split_posterior_means(config: Config, run: runs.TrainedRun, split: pipeline.
   """The posterior mean code (N, D) of each sentence of `split`, in order: the method's
   posterior_step, or its feature_step if `features`; config.analysis.batch_size sentences per
   call. Deterministic given config.analysis.seed."""
-  mesh = parallel.make_mesh(config.parallel.num_devices)
+  mesh = run.mesh
   batch_size = config.analysis.batch_size
   parallel.check_batch_size(batch_size, mesh, "analysis.batch_size")
-  method = _method(config, run)
-  step = parallel.jit_replicated(method.feature_step if features else method.posterior_step,
+  latent = _method(config, run).latent
+  step = parallel.jit_replicated(latent.feature_step if features else latent.posterior_step,
                                  mesh)
   means = np.zeros((len(split), run.method.latent_dim), np.float32)
   for indices, (mean, _) in parallel.map_split(
@@ -190,7 +190,7 @@ def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str
   method = _method(config, run)
   record = {"split": split_name, "checkpoint_step": run.step, "model_kind": method.name,
             "num_sentences": len(split), "seed": config.analysis.seed,
-            **method.feature_settings}
+            **method.latent.feature_settings}
   record_path = os.path.join(workdir, f"features_{split_name}.json")
   features_path = os.path.join(workdir, f"features_{split_name}.npy")
   labels_path = os.path.join(workdir, f"labels_{split_name}.npy")
@@ -203,7 +203,7 @@ def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str
   # The record is written last: a crash in between leaves no record, so no stale reuse.
   reporting.make_dirs(workdir)
   reporting.remove(record_path)
-  logging.info("features of %s: %d sentences, %s", split_name, len(split), method.features)
+  logging.info("features of %s: %d sentences, %s", split_name, len(split), method.latent.features)
   values = split_posterior_means(config, run, split, features=True)
   reporting.write_npy(features_path, values)
   reporting.write_npy(labels_path, split.labels)
@@ -245,7 +245,7 @@ def classify(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   result = {"checkpoint_step": run.step, "select_split": a.select_split,
             "test_split": a.test_split, "num_test": len(test.labels),
             "majority_test_accuracy": probes.majority_accuracy(train_sets[-1], test),
-            "features": _method(config, run).features, "rows": rows}
+            "features": _method(config, run).latent.features, "rows": rows}
   result["path"] = os.path.join(workdir, "classification.json")
   reporting.write_json_atomic(result["path"], result)
   return result
@@ -270,7 +270,7 @@ def cluster(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   to WORKDIR/cluster_<split>.json."""
   _labelled_split(config, run, config.analysis.split, "split")
   data = features(config, run, config.analysis.split, workdir)
-  result = {"checkpoint_step": run.step, "features": _method(config, run).features,
+  result = {"checkpoint_step": run.step, "features": _method(config, run).latent.features,
             **probes.cluster(data, seed=config.analysis.seed)}
   result["path"] = os.path.join(workdir, f"cluster_{data.name}.json")
   reporting.write_json_atomic(result["path"], result)
@@ -282,9 +282,10 @@ def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
   return "\n".join(lines), path
 
 
-def run_mode(mode: str, config: Config, workdir: str) -> tuple[str, str]:
+def run_mode(mode: str, config: Config, workdir: str,
+             mesh: jax.sharding.Mesh | None = None) -> tuple[str, str]:
   """Runs an analysis mode on a trained workdir; returns (what to print, the file written)."""
-  run = runs.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir, mesh)
   a = config.analysis
   if mode == "sample":
     return _write_lines(os.path.join(workdir, "samples.txt"), sample_prior(config, run))

@@ -1,7 +1,8 @@
 """The one typed config of srlm, with the paper's PTB settings as defaults.
 
 Every field can be set from the command line as `--config.<section>.<field>=value` (see
-`srlm.main`); library code receives a `Config` and never reads flags. `validate` checks ranges
+`srlm.cli`, which also builds configs from flags for notebooks: `cli.config_from_flags`);
+library code receives a `Config` and never reads flags. `validate` checks ranges
 and names the offending flag in its message.
 """
 
@@ -12,9 +13,6 @@ import os
 import re
 import textwrap
 from typing import Any, Sequence
-
-from absl import flags
-from ml_collections import config_flags
 
 from srlm.errors import ConfigError
 
@@ -325,7 +323,7 @@ def to_json(config: Config) -> str:
   return json.dumps(to_dict(config), indent=2, sort_keys=True)
 
 
-def _section_type(field: dataclasses.Field) -> type:
+def section_type(field: dataclasses.Field) -> type:
   return field.type if isinstance(field.type, type) else field.default_factory
 
 
@@ -333,13 +331,13 @@ def from_dict(values: dict[str, Any]) -> Config:
   """Inverse of to_dict (lists become tuples); unknown keys raise ConfigError."""
   sections = {}
   for field in dataclasses.fields(Config):
-    section_type = _section_type(field)
+    section_class = section_type(field)
     raw = dict(values.get(field.name, {}))
-    known = {f.name for f in dataclasses.fields(section_type)}
+    known = {f.name for f in dataclasses.fields(section_class)}
     unknown = set(raw) - known
     if unknown:
       raise ConfigError(f"unknown config keys {sorted(unknown)} in section {field.name!r}")
-    sections[field.name] = section_type(
+    sections[field.name] = section_class(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
   return Config(**sections)
 
@@ -367,90 +365,6 @@ def field_values(config: Config, paths: Sequence[str]) -> dict[str, Any]:
 
 
 
-# What absl and ml_collections raise for a bad flag, flag value, --config field or flagfile.
-FLAG_ERRORS = (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError)
-
-
-def describe_flag_error(error: Exception) -> str:
-  """One line for a FLAG_ERRORS exception, naming the flag or file (and, for an unknown
-  --config field, the fields its section has)."""
-  if isinstance(error, OSError):
-    return f"cannot read flagfile {error.filename}: {error.strerror}"
-  if isinstance(error, flags.Error):
-    return str(error)
-  text = str(error.args[0] if error.args else error)
-  section = re.search(r"Attribute <class '[\w.]*\.Config'>\.(\w+) does not exist", text)
-  if section:
-    names = ", ".join(f.name for f in dataclasses.fields(Config))
-    return f"unknown config section --config.{section.group(1)}; the sections are: {names}"
-  unknown = re.search(r"Field (\w+) not found on dataclass <class '[\w.]*\.(\w+)'>", text)
-  sections = {_section_type(f).__name__: (f.name, _section_type(f))
-              for f in dataclasses.fields(Config)}
-  if unknown and unknown.group(2) in sections:
-    section, section_type = sections[unknown.group(2)]
-    known = ", ".join(f.name for f in dataclasses.fields(section_type))
-    return (f"unknown config field --config.{section}.{unknown.group(1)}; "
-            f"--config.{section} has: {known}")
-  return f"bad --config flag: {text}"
-
-
-def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str]):
-  """Defines --config (and its --config.x.y overrides, read off argv) on flag_values.
-
-  A later occurrence of a flag replaces an earlier one, whatever its type: ml_collections
-  defines tuple fields as absl multi-flags, which would append a command-line value to a
-  flagfile's (--config.data.buckets=(12,17) after a flagfile's (22,84) gave (22,84,12,17)).
-  """
-  check_flagfiles(argv)
-  holder = config_flags.DEFINE_config_dataclass(
-      "config", Config(), "The run's config; set fields as --config.train.seed=1.",
-      flag_values=flag_values, sys_argv=list(argv))
-  for name in list(flag_values):
-    flag = flag_values[name]
-    if name.startswith("config.") and isinstance(flag, flags.MultiFlag):
-      flag.parse = _replacing_parse(flag)
-  return holder
-
-
-def _replacing_parse(flag: flags.MultiFlag):
-  parse = flag.parse
-
-  def replacing_parse(arguments):
-    present = flag.present
-    flag.present = 0  # MultiFlag.parse extends the value when present; start afresh
-    parse(arguments)
-    flag.present = max(flag.present, present, 1)  # an empty tuple is still given
-  return replacing_parse
-
-
-def check_flagfiles(argv: Sequence[str]) -> None:
-  """Reads every --flagfile in argv (and the ones they include) line by line before absl does,
-  so that a file that is not UTF-8 or a line that is not a flag is named with its file and
-  line number. A missing file is left to absl's message."""
-  pending = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
-  seen = set()
-  while pending:
-    path = pending.pop()
-    if path in seen or not os.path.isfile(path):
-      continue
-    seen.add(path)
-    with open(path, "rb") as f:
-      raw_lines = f.read().splitlines()
-    for number, raw in enumerate(raw_lines, 1):
-      try:
-        line = raw.decode("utf-8").strip()
-      except UnicodeDecodeError as e:
-        raise ConfigError(f"flagfile {path}, line {number}: not UTF-8 ({e.reason} at byte "
-                          f"{e.start})") from None
-      if not line or line.startswith(("#", "//")):
-        continue
-      if not line.startswith("-"):
-        raise ConfigError(f"flagfile {path}, line {number}: {line[:80]!r} is not a flag "
-                          "(flags are written --name=value; comments start with #)")
-      if line.startswith("--flagfile="):
-        pending.append(line.split("=", 1)[1])
-
-
 def _field_comments(section_type: type) -> dict[str, str]:
   """The comment lines above each field of a config dataclass, from its source."""
   comments, pending = {}, []
@@ -470,11 +384,11 @@ def describe_fields() -> str:
   """Every --config.<section>.<field> with its type, default and comment, for --help."""
   lines = []
   for section in dataclasses.fields(Config):
-    section_type = _section_type(section)
-    lines.append(f"--config.{section.name}: {inspect.getdoc(section_type).splitlines()[0]}")
-    comments = _field_comments(section_type)
-    defaults = section_type()
-    for field in dataclasses.fields(section_type):
+    section_class = section_type(section)
+    lines.append(f"--config.{section.name}: {inspect.getdoc(section_class).splitlines()[0]}")
+    comments = _field_comments(section_class)
+    defaults = section_class()
+    for field in dataclasses.fields(section_class):
       type_name = field.type.__name__ if isinstance(field.type, type) else str(field.type)
       lines.append(f"  --config.{section.name}.{field.name}: {type_name} = "
                    f"{getattr(defaults, field.name)!r}")
@@ -483,20 +397,6 @@ def describe_fields() -> str:
                                subsequent_indent="      ")
     lines.append("")
   return "\n".join(lines)
-
-
-def from_flags(argv: Sequence[str]) -> Config:
-  """A Config from command-line style flags, e.g. ["--flagfile=launch/ptb_tiny.flags",
-  "--config.train.max_steps=10"], parsed into a private FlagValues (never absl's global FLAGS),
-  so notebooks and tests build configs exactly as `srlm.main` does. Raises ConfigError."""
-  flag_values = flags.FlagValues()
-  argv = ["srlm", *argv]
-  try:
-    holder = define_config_flag(flag_values, argv)
-    flag_values(argv)
-  except FLAG_ERRORS as e:
-    raise ConfigError(describe_flag_error(e)) from None
-  return holder.value
 
 
 def load_run_config(workdir: str, overrides: dict[str, Any] | None = None) -> Config:

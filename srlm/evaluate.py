@@ -34,7 +34,6 @@ from srlm import runs
 from srlm import step_sizes
 from srlm.config import Config
 from srlm.data import pipeline
-from srlm.methods import base
 
 AU_THRESHOLD = 0.01
 
@@ -70,15 +69,15 @@ def mutual_information(means_NxD: np.ndarray, variances_NxD: np.ndarray, rng: ja
 
 
 def latent_statistics(config: Config, method: methods.Method, params, split: pipeline.Split,
-                      rng: jax.Array, batch_size: int) -> dict[str, Any]:
+                      rng: jax.Array, batch_size: int, mesh: jax.sharding.Mesh
+                      ) -> dict[str, Any]:
   """AU and MI of a split from each sentence's posterior mean and variance (0 without a
   latent)."""
-  if method.posterior_step is None:
+  if method.latent is None:
     return {"au": 0, "mi": 0.0, "posterior_mean_variance": []}
   chains_rng, mi_rng = jax.random.split(rng)
-  mesh = parallel.make_mesh(config.parallel.num_devices)
   parallel.check_batch_size(batch_size, mesh, "eval.batch_size")
-  step = parallel.jit_replicated(method.posterior_step, mesh)
+  step = parallel.jit_replicated(method.latent.posterior_step, mesh)
   outputs = [moments for _, moments in parallel.map_split(
       lambda batch, key: step(params, batch, key), split, config.data.buckets, batch_size,
       mesh, chains_rng)]
@@ -90,10 +89,12 @@ def latent_statistics(config: Config, method: methods.Method, params, split: pip
 
 
 def reconstruction(config: Config, method: methods.Method, params, split: pipeline.Split,
-                   rng: jax.Array, mesh: jax.sharding.Mesh) -> dict[str, float]:
+                   rng: jax.Array, mesh: jax.sharding.Mesh
+                   ) -> tuple[dict[str, float], dict[str, float]]:
   """The per-epoch validation: REC = -log p(x | z) per token and per sentence (one z per
-  sentence from the method's posterior, dropout off), exp(REC/token), and the per-sentence mean
-  of any other value the method's valid_step reports (e.g. the VAE's KL: kl_per_sentence).
+  sentence from the method's posterior, dropout off), exp(REC/token) and the counts; and apart,
+  the per-sentence mean of every other value the method's valid_step reports (e.g. the VAE's
+  KL: kl_per_sentence).
 
   exp(REC/token) is a reconstruction perplexity, not the model's perplexity, which needs the
   importance-sampled NLL (`evaluate_split`).
@@ -106,20 +107,22 @@ def reconstruction(config: Config, method: methods.Method, params, split: pipeli
       totals[key] = totals.get(key, 0.0) + float(np.sum(values))
   num_sentences, num_tokens = len(split), split.num_tokens
   rec = totals.pop("rec")
-  return {"rec_per_token": rec / num_tokens, "rec_ppl": reporting.safe_exp(rec / num_tokens),
-          "rec_per_sentence": rec / num_sentences,
-          "num_sentences": num_sentences, "num_tokens": num_tokens,
-          **{f"{key}_per_sentence": total / num_sentences for key, total in totals.items()}}
+  return ({"rec_per_token": rec / num_tokens, "rec_ppl": reporting.safe_exp(rec / num_tokens),
+           "rec_per_sentence": rec / num_sentences,
+           "num_sentences": num_sentences, "num_tokens": num_tokens},
+          {f"{key}_per_sentence": total / num_sentences for key, total in totals.items()})
 
 
 def evaluate_split(config: Config, method: methods.Method, params, split: pipeline.Split,
-                   rng: jax.Array) -> dict[str, Any]:
-  """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set)."""
+                   rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set),
+  with the settings the method reports (`Report.eval_settings`). mesh: None builds it from
+  config.parallel."""
   ecfg = config.eval
   if ecfg.max_sentences and ecfg.max_sentences < len(split):
     split = split.head(ecfg.max_sentences)
   nll_rng, latent_rng = jax.random.split(rng)
-  mesh = parallel.make_mesh(config.parallel.num_devices)
+  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
   nll_step = parallel.jit_replicated(method.nll_step, mesh)
   totals = {"nll": 0.0, "kl": 0.0, "rec": 0.0}
@@ -142,7 +145,8 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
     logging.warning("eval %s: the NLL of %d sentence(s) is not finite (NaN or inf), so the "
                     "split's NLL and PPL are not either; source lines: %s", split.name,
                     len(non_finite_lines), non_finite_lines[:20])
-  latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size)
+  latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size, mesh)
+  settings = method.report.eval_settings(params)
   num_sentences, num_tokens = len(split), split.num_tokens
   return {
       "split": split.name,
@@ -156,12 +160,12 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
       "num_sentences": num_sentences,
       "num_tokens": num_tokens,
       "num_samples": ecfg.num_samples,
-      "num_posterior_chains": ecfg.num_posterior_chains,
-      "eval_temperature": config.langevin.eval_temperature,
-      "num_steps": config.langevin.num_steps,
+      **settings,
       "model_kind": method.name,
-      "estimator": method.estimator,
-      "nll_samples": method.nll_samples,
+      "estimator": method.report.estimator.text,
+      "nll_samples": method.report.nll_samples,
+      # The method's line of the printed summary (e.g. its chain's step sizes), "" for none.
+      "method_note": method.report.eval_note(settings),
       "au_threshold": AU_THRESHOLD,
       "posterior_mean_variance": latent["posterior_mean_variance"],
       "nll_seconds": nll_seconds,
@@ -171,12 +175,13 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
   }
 
 
-def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
+def evaluate_workdir(config: Config, workdir: str,
+                     mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
   WORKDIR/eval_<split>.json (eval_<split>_fitted.json with --config.eval.step_sizes=fitted:
   the chain's step sizes from --mode=fit_step_sizes). Raises UserError for a missing
   checkpoint, fitted file or a bad split."""
-  run = runs.restore_trained(config, workdir)
+  run = runs.restore_trained(config, workdir, mesh)
   fitted = config.eval.step_sizes == "fitted"
   if fitted:
     run = step_sizes.with_fitted(workdir, run)
@@ -186,13 +191,8 @@ def evaluate_workdir(config: Config, workdir: str) -> dict[str, Any]:
         f"{config.data.corpus} has {sorted(run.corpus.splits)}.")
   result = evaluate_split(config, run.method, run.params,
                           run.corpus.splits[config.eval.split],
-                          jax.random.key(config.eval.seed))
+                          jax.random.key(config.eval.seed), run.mesh)
   result["checkpoint_step"] = run.step
-  if run.method.step_sizes is not None:
-    result["step_sizes"] = np.asarray(run.method.step_sizes(run.params)).tolist()
-    result["step_sizes_source"] = ("fitted (--mode=fit_step_sizes)" if fitted else
-                                   "the run's" + (" (learned)" if base.STEP_SIZES_PART
-                                                  in run.params else " (config)"))
   path = os.path.join(workdir, f"eval_{config.eval.split}{'_fitted' if fitted else ''}.json")
   reporting.write_json_atomic(path, result)
   result["path"] = path

@@ -127,6 +127,20 @@ def batches(split: pipeline.Split, plan: pipeline.BatchPlan, batch_size: int,
                        batch_size, mesh)
 
 
+def random_batches(split: pipeline.Split, buckets: Sequence[int], batch_size: int,
+                   mesh: jax.sharding.Mesh, entropy: Sequence[int]
+                   ) -> Iterator[dict[str, jax.Array]]:
+  """An endless stream of batches of `split`'s bucketed batch plan, each drawn uniformly with
+  replacement by np.random.default_rng(entropy): the same entropy gives the same batches (a
+  resumed run repeats them). Sharded by rows (see global_batch)."""
+  plan = pipeline.plan_batches(split, buckets, batch_size)
+  choice = np.random.default_rng(list(entropy))
+  while True:
+    index = int(choice.integers(len(plan)))
+    yield global_batch([split.sentences[j] for j in plan.indices[index]], plan.lengths[index],
+                       batch_size, mesh)
+
+
 def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipeline.Split,
               buckets: Sequence[int], batch_size: int, mesh: jax.sharding.Mesh,
               rng: jax.Array, label: str = "",

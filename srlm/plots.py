@@ -24,11 +24,11 @@ def _read_metrics(path: str) -> list[dict]:
   return records
 
 
-def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str | None:
+def training_curves(workdir: str, curve: base.Curve | None = None) -> str | None:
   """WORKDIR/training_curves.png from metrics.jsonl: training NLL per token and validation
-  reconstruction per token against the step, and beside them `curve` = (metric, label), a
-  method's own (`Method.curve`: the VAE's KL, SRI's chain travel), when given. Returns the
-  path, or None when there are no metrics yet."""
+  reconstruction per token against the step, and beside them a method's own curve
+  (`Report.curve`: the VAE's KL, SRI's chain travel), when given. Returns the path, or None
+  when there are no metrics yet."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if not reporting.is_writer() or not os.path.exists(metrics_path):
@@ -38,7 +38,7 @@ def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str |
   valid = [r for r in records if r.get("split") == "valid"]
   if not train:
     return None
-  second = curve if curve and curve[0] in train[-1] else None
+  second = curve
   figure = Figure(figsize=(10 if second else 5.5, 4), layout="constrained")
   axes = figure.subplots(1, 2 if second else 1, squeeze=False)[0]
   axes[0].plot([r["step"] for r in train], [r["nll_per_token"] for r in train],
@@ -49,9 +49,9 @@ def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str |
   axes[0].set(xlabel="step", ylabel="nats per token")
   axes[0].legend()
   if second:
-    key, label = second
+    key, label = second.metric, second.label
     axes[1].plot([r["step"] for r in train], [r[key] for r in train], label=f"train {label}")
-    if valid and key in valid[-1]:
+    if valid and second.in_valid:
       axes[1].plot([r["step"] for r in valid], [r[key] for r in valid], "o-",
                    label=f"valid {label}")
     axes[1].set(xlabel="step", ylabel=label)
@@ -59,18 +59,17 @@ def training_curves(workdir: str, curve: tuple[str, str] | None = None) -> str |
   return reporting.save_figure(figure, os.path.join(workdir, "training_curves.png"))
 
 
-def schedule(workdir: str, prefix: str, label: str) -> str | None:
-  """WORKDIR/schedule.png from metrics.jsonl: the vector logged as <prefix>_00, _01, ... (a
-  method's `schedule`: the learned step sizes s_k) against its index k, one line per epoch
-  (its last training record). Returns the path, or None without data."""
+def schedule(workdir: str, vector: base.Schedule) -> str | None:
+  """WORKDIR/schedule.png from metrics.jsonl: a method's vector metric (`Report.schedule`: the
+  learned step sizes s_k) against its index k, one line per epoch (its last training record).
+  Returns the path, or None without data."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if not reporting.is_writer() or not os.path.exists(metrics_path):
     return None
-  keys = lambda record: base.schedule_keys(prefix, record)
   last_of_epoch = {}
   for r in _read_metrics(metrics_path):
-    if r.get("split") == "train" and keys(r):
+    if r.get("split") == "train":
       last_of_epoch[r["epoch"]] = r
   if not last_of_epoch:
     return None
@@ -78,9 +77,9 @@ def schedule(workdir: str, prefix: str, label: str) -> str | None:
   axes = figure.subplots()
   colours = _epoch_colours(len(last_of_epoch))
   for colour, (epoch, record) in zip(colours, sorted(last_of_epoch.items())):
-    axes.plot(range(len(keys(record))), [record[k] for k in keys(record)], "o-", ms=3,
+    axes.plot(range(len(vector.metrics)), [record[k] for k in vector.metrics], "o-", ms=3,
               color=colour, label=f"epoch {epoch} (step {record['step']})")
-  axes.set(xlabel="chain step k", ylabel=label, yscale="log")
+  axes.set(xlabel="chain step k", ylabel=vector.label, yscale="log")
   axes.legend(fontsize="small", ncol=2 if len(last_of_epoch) > 8 else 1)
   return reporting.save_figure(figure, os.path.join(workdir, "schedule.png"))
 

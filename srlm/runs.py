@@ -20,11 +20,14 @@ class TrainedRun(NamedTuple):
   method: methods.Method
   params: dict[str, Any]
   step: int
+  mesh: jax.sharding.Mesh  # the devices it was restored onto, for the modes that use it
 
 
-def restore_trained(config: Config, workdir: str) -> TrainedRun:
-  """Loads the corpus and the workdir's latest checkpoint, read-only. Raises UserError when
-  there is no checkpoint or it does not fit the config."""
+def restore_trained(config: Config, workdir: str,
+                    mesh: jax.sharding.Mesh | None = None) -> TrainedRun:
+  """Loads the corpus and the workdir's latest checkpoint, read-only, replicated on `mesh`
+  (None: built from config.parallel). Raises UserError when there is no checkpoint or it does
+  not fit the config."""
   methods.validate(config)
   directory = checkpointing.checkpoint_dir(workdir)
   no_checkpoint = UserError(f"no checkpoint in {directory}: train first "
@@ -33,7 +36,7 @@ def restore_trained(config: Config, workdir: str) -> TrainedRun:
     raise no_checkpoint
   corpus = parallel.load_corpus(config.data)
   method = methods.get(config, len(corpus.vocab))
-  mesh = parallel.make_mesh(config.parallel.num_devices)
+  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   state = state_lib.create_replicated_train_state(method, config.train, jax.random.key(0), mesh)
   checkpointer = checkpointing.Checkpointer(workdir, config, read_only=True)
   try:
@@ -43,4 +46,4 @@ def restore_trained(config: Config, workdir: str) -> TrainedRun:
   if restored is None:
     raise no_checkpoint
   state, _ = restored
-  return TrainedRun(corpus, method, state.params, int(state.step))
+  return TrainedRun(corpus, method, state.params, int(state.step), mesh)

@@ -42,8 +42,11 @@ def make_train_step(method: methods.Method, mesh: jax.sharding.Mesh | None = Non
   state and metrics it returns are replicated on it (batches come sharded, see
   srlm.parallel). With donate, the state passed in is consumed (its buffers hold the new one):
   use only the returned state."""
-  return parallel.jit_replicated(method.train_step, mesh,
-                                 donate_argnames="state" if donate else ())
+  return _jit_step(method.train_step, mesh, donate)
+
+
+def _jit_step(train_step: base.TrainStepFn, mesh: jax.sharding.Mesh | None, donate: bool = True):
+  return parallel.jit_replicated(train_step, mesh, donate_argnames="state" if donate else ())
 
 
 def summarize_train(metrics: list[dict[str, np.ndarray]],
@@ -106,13 +109,15 @@ class StopOnSignal:
       signal.signal(s, handler)
 
 
-def _agreed_stop(stop: StopOnSignal) -> int | None:
+def _agreed_stop(stop: StopOnSignal, at_log_step: bool) -> int | None:
   """The signal that stops the run, agreed by every process: a signal reaches the processes
-  of a job at different steps, and the checkpoint save is collective, so each step every
-  process learns whether any of them was signalled (one tiny all-gather). Single process: the
-  local signal."""
+  of a job at different steps, and the checkpoint save is collective, so at each log step
+  every process learns whether any of them was signalled (one tiny all-gather; at every step
+  it would cost a host round trip per step). Single process: the local signal, every step."""
   if jax.process_count() == 1:
     return stop.signum
+  if not at_log_step:
+    return None
   signals = multihost_utils.process_allgather(np.int32(stop.signum or 0))
   received = [int(s) for s in np.ravel(signals) if s]
   return stop.signum or (received[0] if received else None)
@@ -142,14 +147,15 @@ def _check_finite(state: TrainState, window: list[dict[str, np.ndarray]], first_
       "or start a new --workdir.")
 
 
-def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
-                       ) -> dict[str, Any]:
+def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
+                       mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
 
   status is "completed", "max_steps" (stopped at --config.train.max_steps), or "preempted"
   (a signal arrived; a checkpoint was saved and `signal` holds its number). "curves" is the
   path of training_curves.png. `progress_bar` shows a tqdm bar over the run's steps (in
-  notebooks, beside the log lines).
+  notebooks, beside the log lines). `mesh`: the run's devices (srlm.cli makes it once);
+  None builds it from config.parallel.
 
   Before anything in the workdir changes: the config is validated, the workdir must be
   writable, no other trainer may hold it (UserError naming the holder), and its latest
@@ -157,7 +163,7 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
   parameters become non-finite stops with DivergenceError, never saving a non-finite state.
   """
   methods.validate(config)
-  mesh = parallel.make_mesh(config.parallel.num_devices)
+  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   parallel.check_batch_size(config.data.batch_size, mesh, "data.batch_size")
   workdir_lib.check_writable(workdir)
   with contextlib.ExitStack() as stack:
@@ -184,19 +190,22 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False
     writer = stack.enter_context(contextlib.closing(reporting.MetricWriter(workdir)))
     result = _train_loop(config, workdir, corpus, method, state, eval_rng, train_rng,
                          checkpointer, writer, mesh, steps_per_epoch, progress_bar)
-    return {**result, "curves": plots.training_curves(workdir, method.curve)}
+    return {**result, "curves": plots.training_curves(workdir, method.report.curve)}
 
 
 def _loop_step(method: methods.Method, config: Config, train_split: pipeline.Split,
                mesh: jax.sharding.Mesh, train_rng: jax.Array) -> base.LoopStep:
-  """One training step as the loop calls it: the method's own host schedule if it has one,
-  else its jitted train_step."""
-  if method.loop_step is not None:
-    return method.loop_step(base.LoopContext(
-        config=config, jit=lambda fn: parallel.jit_replicated(fn, mesh, "state"),
-        train_split=train_split, mesh=mesh, rng=train_rng))
-  step = make_train_step(method, mesh)
-  return lambda state, batch, epoch, step_count: step(state, batch, train_rng)
+  """One training step as the loop calls it: the method's schedule (one jitted train_step per
+  batch, or its own host-level one), given what it may use."""
+  seed = config.train.seed
+
+  def random_batches(entropy):
+    for batch in parallel.random_batches(train_split, config.data.buckets,
+                                         config.data.batch_size, mesh, (seed, *entropy)):
+      yield {**batch, "epoch": np.int32(0)}
+
+  return method.make_loop_step(base.LoopContext(
+      jit=lambda fn: _jit_step(fn, mesh), random_batches=random_batches, rng=train_rng))
 
 
 def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: methods.Method,
@@ -247,19 +256,19 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         bar.update(1)
         next_position = {"epoch": epoch, "batch": index + 1, "epoch_batches": len(plan)}
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
-        signum = _agreed_stop(stop)
+        signum = _agreed_stop(stop, step % tcfg.log_every_steps == 0 or done_with_run)
         if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
           now = time.time()
           window = parallel.to_host(pending)
           _check_finite(state, window, window_step + 1, step, checkpointer)
-          summary = summarize_train(window, method.train_metrics)
+          summary = summarize_train(window, method.report.train_metrics)
           rate = (step - window_step) / max(now - window_start, 1e-9)
           summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
           writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary})
           logging.info(
               "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.4g | %s | %.2f steps/s "
               "| ETA epoch %s, run %s", epoch + 1, tcfg.num_epochs, index + 1, len(plan), step,
-              summary["nll_per_token"], summary["ppl"], method.progress(summary), rate,
+              summary["nll_per_token"], summary["ppl"], method.report.progress(summary), rate,
               reporting.format_seconds((len(plan) - index - 1) / rate),
               reporting.format_seconds((total_steps - step) / rate))
           bar.set_postfix(epoch=epoch + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
@@ -272,22 +281,24 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
           checkpointer.wait()
           status = "preempted" if signum is not None else "max_steps"
           return {"status": status, "signal": signum, "step": step}
-      valid = evaluate.reconstruction(config, method, state.params, valid_split, eval_rng, mesh)
+      valid, others = evaluate.reconstruction(config, method, state.params, valid_split,
+                                              eval_rng, mesh)
+      text = "".join(f" | {name} {value:.2f}" for name, value in others.items())
       if tcfg.epoch_latent_metrics:
         latent = evaluate.latent_statistics(config, method, state.params, valid_split,
-                                            eval_rng, config.eval.batch_size)
+                                            eval_rng, config.eval.batch_size, mesh)
         valid.update(au=latent["au"], mi=latent["mi"])
+        text += f" | AU {latent['au']} MI {latent['mi']:.3f}"
+      valid.update(others)
       writer.write({"step": step, "epoch": epoch + 1, "split": "valid", **valid})
-      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.4g) | REC/sentence %.2f%s%s",
+      logging.info("epoch %d/%d validation | REC/token %.3f (exp: %.4g) | REC/sentence %.2f%s",
                    epoch + 1, tcfg.num_epochs, valid["rec_per_token"], valid["rec_ppl"],
-                   valid["rec_per_sentence"],
-                   f" | KL {valid['kl_per_sentence']:.2f}" if "kl_per_sentence" in valid else "",
-                   f" | AU {valid['au']} MI {valid['mi']:.3f}" if "au" in valid else "")
+                   valid["rec_per_sentence"], text)
       result["valid"] = valid
       save({"epoch": epoch + 1, "batch": 0})
-      plots.training_curves(workdir, method.curve)
-      if method.schedule:
-        plots.schedule(workdir, *method.schedule)
+      plots.training_curves(workdir, method.report.curve)
+      if method.report.schedule is not None:
+        plots.schedule(workdir, method.report.schedule)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
   return {**result, "step": step}

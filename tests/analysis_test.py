@@ -13,16 +13,13 @@ from srlm import runs
 from srlm import train
 from srlm.errors import UserError
 
-from conftest import replace
+from helpers import copy_workdir, replace
 
 
 @pytest.fixture(scope="module")
-def workdir(tfds_dir, tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("trained"))
-  config = config_lib.tiny()
-  config.data.dir = tfds_dir
-  train.train_and_evaluate(replace(config, train={"max_steps": 3}), path)
-  return path
+def workdir(trained_workdir, tmp_path_factory):
+  """The session's short SRI run, copied: the modes write their files into it."""
+  return copy_workdir(trained_workdir("sri", 3), tmp_path_factory.mktemp("analysis"))
 
 
 def _config(workdir, **analysis_fields):
@@ -97,7 +94,8 @@ def test_bad_analysis_input_is_explained(workdir, mode, fields, message):
 
 def test_the_lm_has_no_latent_space_to_analyse():
   config = replace(config_lib.tiny(), model={"kind": "lm"})
-  run = runs.TrainedRun(corpus=None, method=methods.get(config, 30), params=None, step=0)
+  run = runs.TrainedRun(corpus=None, method=methods.get(config, 30), params=None, step=0,
+                        mesh=None)
   for mode in (analysis.sample_prior, lambda c, r: analysis.features(c, r, "test", "/tmp")):
     with pytest.raises(UserError, match="kind=lm"):
       mode(config, run)

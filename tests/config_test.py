@@ -5,23 +5,24 @@ import re
 
 import pytest
 
+from srlm import cli
 from srlm import config as config_lib
 from srlm import methods
 
-from conftest import REPO
+from helpers import REPO
 
 FLAGFILES = sorted(p.relative_to(REPO) for p in (REPO / "launch").glob("*.flags"))
 
 
 @pytest.mark.parametrize("flagfile", FLAGFILES, ids=str)
 def test_every_launch_flagfile_parses_and_validates(flagfile):
-  config = config_lib.from_flags([f"--flagfile={REPO / flagfile}"])
+  config = cli.config_from_flags([f"--flagfile={REPO / flagfile}"])
   methods.validate(config)
 
 
 def _fields():
   for section in dataclasses.fields(config_lib.Config):
-    section_type = config_lib._section_type(section)  # pylint: disable=protected-access
+    section_type = config_lib.section_type(section)
     for field in dataclasses.fields(section_type):
       yield section.name, field.name
 

@@ -1,16 +1,15 @@
-"""Shared fixtures: a session-wide TFDS cache, the shared data directory, tiny configs."""
-
-import dataclasses
-import os
-import pathlib
+"""Shared fixtures: a session-wide TFDS cache, the shared data directory, tiny configs, and
+tiny trained workdirs, each trained once per session (`trained_workdir`). Helpers that are not
+fixtures live in helpers.py."""
 
 import jax
 import pytest
 
+from srlm import cli
 from srlm import config as config_lib
+from srlm import train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get("SRLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+from helpers import SHARED_DATA, short_run_flags
 
 # Catch silent broadcasting bugs: (B, T) + (T,) must be written explicitly.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -30,17 +29,31 @@ def tiny_config(tfds_dir) -> config_lib.Config:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
+def shared_data():
   if not (SHARED_DATA / "ptb" / "ptb.train.txt").exists():
     pytest.skip(f"shared data not found at {SHARED_DATA} (set SRLM_SHARED_DATA)")
   return SHARED_DATA
 
 
-def replace(config: config_lib.Config, **sections) -> config_lib.Config:
-  """A copy of config with fields replaced per section: replace(c, train={"seed": 1})."""
-  return dataclasses.replace(config, **{
-      name: dataclasses.replace(getattr(config, name), **fields)
-      for name, fields in sections.items()})
+@pytest.fixture(scope="session")
+def trained_workdir(tfds_dir, tmp_path_factory):
+  """trained_workdir(kind="sri", steps=3, *flags) -> the path of a workdir trained from the
+  method's tiny flagfile on SHORT for `steps` steps, plus `flags`: trained once per session
+  for each distinct call. Read it only; a test that writes into a workdir takes
+  `copy_workdir(path, tmp_path)`."""
+  done = {}
+
+  def get(kind: str = "sri", steps: int = 3, *flags: str) -> str:
+    key = (kind, steps, flags)
+    if key not in done:
+      workdir = str(tmp_path_factory.mktemp(f"trained_{kind}_{steps}"))
+      config = cli.config_from_flags([*short_run_flags(tfds_dir, kind),
+                                      f"--config.train.max_steps={steps}", *flags])
+      assert train.train_and_evaluate(config, workdir)["step"] == steps
+      done[key] = workdir
+    return done[key]
+
+  return get
 
 
 @pytest.fixture(scope="session")

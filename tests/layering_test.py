@@ -1,16 +1,17 @@
 """Import layering of srlm/, read from the source with ast: the maths modules import no driver
-or I/O module, methods import no driver, and no module imports itself through others."""
+or I/O module, methods import no driver and no runtime (devices, data), and no module imports
+itself through others."""
 
 import ast
 
-from conftest import REPO
+from helpers import REPO
 
 SRLM = REPO / "srlm"
 # The maths core: pure functions of arrays. It may import only itself and the vocabulary's ids.
 MATHS = {"srlm.models", "srlm.objectives", "srlm.langevin", "srlm.sampling"}
 MATHS_MAY_IMPORT = MATHS | {"srlm.data.vocab"}
 # What drives runs and touches files; methods (srlm.methods.*) sit below these.
-DRIVERS = {"srlm.main", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
+DRIVERS = {"srlm.main", "srlm.cli", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
            "srlm.checkpointing", "srlm.plots", "srlm.step_sizes"}
 
 
@@ -54,6 +55,18 @@ def test_methods_import_no_driver():
   bad = {m: sorted(deps & DRIVERS) for m, deps in graph.items()
          if m.startswith("srlm.methods") and deps & DRIVERS}
   assert not bad, bad
+
+
+# What runs a method: the devices and the data pipeline. A method's host-level schedule gets
+# what it needs from the loop as functions (base.LoopContext).
+RUNTIME = {"srlm.parallel", "srlm.reporting", "srlm.workdir"}
+
+
+def test_methods_import_no_runtime():
+  graph = _graph()
+  bad = {m: sorted(d for d in deps if d in RUNTIME or d.startswith("srlm.data"))
+         for m, deps in graph.items() if m.startswith("srlm.methods")}
+  assert not {m: deps for m, deps in bad.items() if deps}, bad
 
 
 def test_no_import_cycle():

@@ -3,12 +3,15 @@ values, one compilation per bucket, a posterior exactly when there is a latent, 
 its tiny flagfile that trains, evaluates and (with a latent) samples. (Resuming is
 method-agnostic: train_test and parallel_test check it.)"""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srlm import cli
 from srlm import analysis
 from srlm import config as config_lib
 from srlm import evaluate
@@ -16,26 +19,11 @@ from srlm import methods
 from srlm import runs
 from srlm import state as state_lib
 from srlm import train
-from srlm.data import pipeline
 from srlm.methods import base
 
-from conftest import REPO, replace
+from helpers import REPO, VOCAB, copy_workdir, random_batch, replace, tiny_flagfile
 
 KINDS = sorted(methods.REGISTRY)
-VOCAB = 40
-
-
-def _tiny_flagfile(kind: str) -> str:
-  """launch/ptb_<kind>_tiny.flags; the default method's is launch/ptb_tiny.flags."""
-  return "launch/ptb_tiny.flags" if kind == "sri" else f"launch/ptb_{kind}_tiny.flags"
-
-
-def _batch(length: int, batch_size: int = 4, num_real: int = 3, seed: int = 0):
-  """A batch of `num_real` random sentences (the rest padding rows) of bucket `length`."""
-  rng = np.random.default_rng(seed)
-  sentences = [rng.integers(4, VOCAB, rng.integers(2, length - 1)).astype(np.int32)
-               for _ in range(num_real)]
-  return {**pipeline.make_batch(sentences, length, batch_size), "epoch": np.int32(0)}
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -48,8 +36,8 @@ def method_and_state(request):
 
 def test_every_registered_method_has_a_tiny_flagfile_of_its_kind():
   for kind in KINDS:
-    assert (REPO / _tiny_flagfile(kind)).exists(), kind
-    config = config_lib.from_flags([f"--flagfile={REPO / _tiny_flagfile(kind)}"])
+    assert (REPO / tiny_flagfile(kind)).exists(), kind
+    config = cli.config_from_flags([f"--flagfile={REPO / tiny_flagfile(kind)}"])
     assert config.model.kind == kind
 
 
@@ -63,17 +51,24 @@ def test_steps_give_per_sentence_values_of_the_right_shapes(method_and_state):
   config, method, state = method_and_state
   assert method.name == config.model.kind
   assert set(state.params) >= {"decoder"}
-  batch, key = _batch(12), jax.random.key(1)
+  batch, key = random_batch(12), jax.random.key(1)
   new_state, metrics = jax.jit(method.train_step)(state, batch, key)
   assert int(new_state.step) == 1
   for name in base.REQUIRED_TRAIN_SUMS:
     assert np.isfinite(metrics[name]), name
   assert float(metrics["num_sentences"]) == 3  # padding rows are not sentences
-  summary = train.summarize_train(jax.device_get([metrics]), method.train_metrics)
+  report = method.report
+  summary = train.summarize_train(jax.device_get([metrics]), report.train_metrics)
   assert all(np.isfinite(v) for v in summary.values()), summary
-  assert isinstance(method.progress(summary), str)
-  if method.curve is not None:
-    assert method.curve[0] in summary
+  assert isinstance(report.progress(summary), str)
+  if report.curve is not None:
+    assert report.curve.metric in summary
+  if report.schedule is not None:
+    assert set(report.schedule.metrics) <= set(summary)
+  assert report.estimator.text.endswith(".") and report.nll_samples
+  settings = report.eval_settings(state.params)
+  json.dumps(settings)  # eval_<split>.json holds them
+  assert isinstance(report.eval_note(settings), str)
   valid = jax.jit(method.valid_step)(state.params, batch, key)
   nll = jax.jit(method.nll_step)(state.params, batch, key)
   for out in (valid, nll):
@@ -86,15 +81,41 @@ def test_steps_give_per_sentence_values_of_the_right_shapes(method_and_state):
 def test_a_posterior_exactly_when_there_is_a_latent(method_and_state):
   _, method, state = method_and_state
   has_latent = method.latent_dim > 0
-  assert (method.posterior_step is not None) == has_latent
-  assert (method.feature_step is not None) == has_latent
+  assert (method.latent is not None) == has_latent
   if not has_latent:
+    assert method.chain is None
     return
-  batch = _batch(12)
-  for step in (method.posterior_step, method.feature_step):
+  batch = random_batch(12)
+  for step in (method.latent.posterior_step, method.latent.feature_step):
     mean, variance = jax.jit(step)(state.params, batch, jax.random.key(2))
     assert mean.shape == variance.shape == (4, method.latent_dim)
     assert np.all(np.isfinite(mean)) and np.all(variance >= 0)
+  # The decoder's log p(x | z), dropout off: a function of z, the same z giving the same value.
+  z = jax.random.normal(jax.random.key(3), (4, method.latent_dim))
+  log_lik = jax.jit(method.latent.log_likelihood)(state.params, z, batch)
+  assert log_lik.shape == (4,) and np.all(log_lik[:3] < 0)
+  np.testing.assert_array_equal(log_lik, method.latent.log_likelihood(state.params, z, batch))
+  assert not np.allclose(log_lik, method.latent.log_likelihood(state.params, 3 * z, batch))
+
+
+def test_a_chain_exactly_for_the_short_run_methods(method_and_state):
+  _, method, state = method_and_state
+  assert (method.chain is not None) == method.name.startswith("sri")
+  if method.chain is None:
+    return
+  step_sizes_K = np.asarray(method.chain.step_sizes(state.params))
+  batch = random_batch(12)
+  elbo = jax.jit(method.chain.elbo)(state.params, jnp.log(step_sizes_K), batch,
+                                    jax.random.key(4))
+  assert elbo.shape == (4,) and np.all(np.isfinite(elbo))
+  # Fixed step sizes reach every chain: the ELBO's and the NLL's samples.
+  halved = method.chain.with_step_sizes(step_sizes_K / 2, "halved")
+  assert halved.name == method.name
+  np.testing.assert_allclose(halved.chain.step_sizes(state.params), step_sizes_K / 2)
+  assert halved.report.eval_settings(state.params)["step_sizes_source"] == "halved"
+  key = jax.random.key(5)
+  assert not np.allclose(jax.jit(halved.nll_step)(state.params, batch, key)["nll"],
+                         jax.jit(method.nll_step)(state.params, batch, key)["nll"])
 
 
 def test_one_compilation_per_bucket(method_and_state):
@@ -105,11 +126,11 @@ def test_one_compilation_per_bucket(method_and_state):
   train_step = jax.jit(chex.assert_max_traces(method.train_step, n=2))
   nll_step = jax.jit(chex.assert_max_traces(method.nll_step, n=2))
   for seed, length in enumerate((12, 12, 22, 22)):  # two buckets, two batches each
-    batch = _batch(length, seed=seed)
+    batch = random_batch(length, seed=seed)
     state, _ = train_step(state, batch, jax.random.key(seed))
     nll_step(state.params, batch, jax.random.key(seed))
   with pytest.raises(AssertionError):  # a third shape is a third trace
-    train_step(state, _batch(32), jax.random.key(0))
+    train_step(state, random_batch(32), jax.random.key(0))
 
 
 def test_init_params_depend_only_on_the_key(method_and_state):
@@ -122,13 +143,9 @@ def test_init_params_depend_only_on_the_key(method_and_state):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_method_trains_and_evaluates_from_its_tiny_flagfile(kind, tfds_dir, tmp_path):
-  flags = [f"--flagfile={_tiny_flagfile(kind)}", f"--config.data.dir={tfds_dir}",
-           "--config.data.max_train_sentences=48", "--config.data.max_eval_sentences=8",
-           "--config.data.buckets=(24,)", "--config.train.max_steps=3"]  # one compilation
-  workdir = str(tmp_path)
-  config = config_lib.from_flags(flags)
-  assert train.train_and_evaluate(config, workdir)["step"] == 3
+def test_every_method_trains_and_evaluates_from_its_tiny_flagfile(kind, trained_workdir,
+                                                                   tmp_path):
+  workdir = copy_workdir(trained_workdir(kind, 3), tmp_path)  # one bucket: one compilation
   config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4, "eval.num_samples": 2,
                                                 "analysis.num_samples": 2})
   result = evaluate.evaluate_workdir(config, workdir)

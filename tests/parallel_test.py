@@ -12,13 +12,14 @@ import jax
 import numpy as np
 import pytest
 
+from srlm import cli
 from srlm import config as config_lib
 from srlm import runs
 from srlm import parallel
 from srlm.data import pipeline
 from srlm.errors import ConfigError
 
-from conftest import REPO
+from helpers import REPO
 
 
 def _env(**extra) -> dict[str, str]:
@@ -91,7 +92,7 @@ def _train(workdir: str, tfds_dir: str, max_steps: int, num_processes: int,
 
 
 def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, tmp_path):
-  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+  config = cli.config_from_flags(["--flagfile=launch/ptb_tiny.flags",
                                   f"--config.data.dir={tfds_dir}",
                                   "--config.data.max_train_sentences=256",
                                   "--config.data.max_eval_sentences=32"])

@@ -6,6 +6,7 @@ workdir is lost or silently skipped."""
 import contextlib
 import json
 import os
+import pathlib
 import signal
 import struct
 import subprocess
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srlm import cli
 from srlm import checkpointing
 from srlm import config as config_lib
 from srlm import evaluate
@@ -26,7 +28,8 @@ from srlm import workdir as workdir_lib
 from srlm.data import pipeline
 from srlm.errors import CheckpointError, ConfigError, DivergenceError, UserError
 
-from conftest import REPO, replace
+from helpers import (assert_one_message, copy_workdir, replace, run_cli, run_cli_process,
+                     short_run_flags)
 
 
 def _small(config, **train_fields):
@@ -47,30 +50,14 @@ def _checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def _cli(*flags, env=None):
-  return subprocess.run([sys.executable, "-m", "srlm.main", *flags], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=env)
-
-
-def _one_message(result, code, *phrases):
-  """Exit `code`, one 'srlm: error:' line holding the phrases, and no traceback."""
-  assert result.returncode == code, result.stderr[-3000:]
-  assert "Traceback" not in result.stderr and "pybind11" not in result.stderr, (
-      result.stderr[-3000:])
-  errors = [line for line in result.stderr.splitlines() if line.startswith("srlm: error:")]
-  assert len(errors) == 1, result.stderr[-3000:]
-  for phrase in phrases:
-    assert phrase in errors[0], errors[0]
-
-
 # --- 1. a later flag replaces an earlier one, tuples included --------------------------------
 
 def test_command_line_tuples_replace_the_flagfiles():
   tiny = "--flagfile=launch/ptb_tiny.flags"
-  assert config_lib.from_flags([tiny, "--config.data.buckets=(12,17)"]).data.buckets == (12, 17)
-  assert config_lib.from_flags(
+  assert cli.config_from_flags([tiny, "--config.data.buckets=(12,17)"]).data.buckets == (12, 17)
+  assert cli.config_from_flags(
       [tiny, "--config.langevin.step_sizes=(0.3,)"]).langevin.step_sizes == (0.3,)
-  emptied = config_lib.from_flags([tiny, "--config.data.buckets=()"])
+  emptied = cli.config_from_flags([tiny, "--config.data.buckets=()"])
   with pytest.raises(ConfigError, match="--config.data.buckets: needs at least one length"):
     methods.validate(emptied)
 
@@ -161,13 +148,13 @@ def _tmpfs(path, size):
     subprocess.run(["umount", str(path)], check=False)
 
 
-def test_a_full_disk_ends_in_one_message_and_keeps_the_checkpoints(tfds_dir, tmp_path):
+def test_a_full_disk_ends_in_one_message_and_keeps_the_checkpoints(tfds_dir, tmp_path, capfd):
   with _tmpfs(tmp_path / "small", "20m") as disk:
     workdir = disk / "run"
     # Each checkpoint of the tiny model takes about 8 MB: the third does not fit.
-    result = _cli("--flagfile=launch/ptb_tiny.flags", f"--workdir={workdir}",
-                  f"--config.data.dir={tfds_dir}", "--config.train.checkpoint_every_steps=2")
-    _one_message(result, 4, f"no space for the checkpoint of step 6 in {workdir}",
+    result = run_cli(capfd, "--flagfile=launch/ptb_tiny.flags", f"--workdir={workdir}",
+                     f"--config.data.dir={tfds_dir}", "--config.train.checkpoint_every_steps=2")
+    assert_one_message(result, 4, f"no space for the checkpoint of step 6 in {workdir}",
                  "steps 2, 4) are intact")
     assert _checkpoint_steps(workdir) == [2, 4]
     config = config_lib.load_run_config(str(workdir))
@@ -175,7 +162,7 @@ def test_a_full_disk_ends_in_one_message_and_keeps_the_checkpoints(tfds_dir, tmp
 
 
 def test_a_workdir_that_is_a_file_or_read_only_is_refused_before_any_work(tiny_config,
-                                                                          tmp_path):
+                                                                          tmp_path, capfd):
   afile = tmp_path / "afile"
   afile.write_text("")
   with pytest.raises(UserError, match="is a file, not a directory"):
@@ -185,7 +172,7 @@ def test_a_workdir_that_is_a_file_or_read_only_is_refused_before_any_work(tiny_c
     subprocess.run(["mount", "-o", "remount,ro", str(readonly)], check=True)
     with pytest.raises(UserError, match="cannot be written"):
       train.train_and_evaluate(tiny_config, str(readonly / "run"))
-    _one_message(_cli("--mode=eval", f"--workdir={readonly}"), 2, "cannot be written")
+    assert_one_message(run_cli(capfd, "--mode=eval", f"--workdir={readonly}"), 2, "cannot be written")
 
 
 # --- 7, 8. a workdir trained again under another config ------------------------------------
@@ -213,19 +200,17 @@ def test_another_config_or_data_order_mid_epoch_is_refused_changing_nothing(tiny
 
 # --- 9. damaged checkpoints -----------------------------------------------------------------
 
-def test_a_truncated_array_file_gets_one_plain_sentence(tfds_dir, tmp_path):
-  workdir = tmp_path / "run"
-  common = ["--flagfile=launch/ptb_tiny.flags", f"--workdir={workdir}",
-            f"--config.data.dir={tfds_dir}"]
-  assert _cli(*common, "--config.train.max_steps=4",
-              "--config.train.checkpoint_every_steps=2").returncode == 0
+def test_a_truncated_array_file_gets_one_plain_sentence(trained_workdir, tfds_dir, tmp_path):
+  workdir = pathlib.Path(copy_workdir(
+      trained_workdir("sri", 4, "--config.train.checkpoint_every_steps=2"), tmp_path))
   arrays = [p for p in (workdir / "checkpoints" / "4" / "state").rglob("*")
             if p.is_file() and p.parent.name == "d"]
   largest = max(arrays, key=lambda p: p.stat().st_size)
   os.truncate(largest, 1000)
   # (The noise around the failure is asynchronous and varied from try to try: up to 4
-  # tracebacks and 250 lines before the fix.)
-  _one_message(_cli(*common, "--config.train.max_steps=6"), 2,
+  # tracebacks and 250 lines before the fix; a process of its own shows all of it.)
+  assert_one_message(run_cli_process(*short_run_flags(tfds_dir), f"--workdir={workdir}",
+                               "--config.train.max_steps=6"), 2,
                "checkpoints/4 (step 4) cannot be read: its files are damaged",
                "previous checkpoint (step 2)")
 
@@ -234,7 +219,8 @@ def test_a_truncated_array_file_gets_one_plain_sentence(tfds_dir, tmp_path):
 
 def test_distributed_without_a_cluster_is_explained(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM"))}
-  _one_message(_cli(f"--workdir={tmp_path}", "--distributed", env=env), 2,
+  # A process of its own: a failed start of JAX's distributed runtime is not undone.
+  assert_one_message(run_cli_process(f"--workdir={tmp_path}", "--distributed", env=env), 2,
                "--distributed", "no cluster to join", "JAX_COORDINATOR_ADDRESS")
 
 
@@ -247,32 +233,6 @@ def test_a_second_signal_during_the_final_save_is_ignored():
   stop.saving = False
   with pytest.raises(KeyboardInterrupt):
     stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
-
-
-# --- 12. help and messages ----------------------------------------------------------------------
-
-def test_help_lists_the_config_fields_and_exits_0():
-  result = _cli("--help")
-  assert result.returncode == 0, result.stderr
-  for text in ("--workdir", "--config.langevin.step_sizes: tuple[float, ...]",
-               "--config.vae.free_bits: float = 0.0", "Free bits"):
-    assert text in result.stdout, text
-
-
-def test_misspelled_sections_and_bad_flagfile_lines_are_named(tmp_path):
-  with pytest.raises(ConfigError, match="unknown config section --config.trian; the sections "
-                     "are: data, model"):
-    config_lib.from_flags(["--config.trian.seed=1"])
-  garbage = tmp_path / "garbage.flags"
-  garbage.write_text("# a comment\n--config.train.seed=1\nhello world\n")
-  with pytest.raises(ConfigError, match=f"flagfile {garbage}, line 3: 'hello world' is not a"):
-    config_lib.from_flags([f"--flagfile={garbage}"])
-  binary = tmp_path / "binary.flags"
-  binary.write_bytes(b"--config.train.seed=1\n--config.data.dir=\xff\xfe\n")
-  including = tmp_path / "including.flags"
-  including.write_text(f"--flagfile={binary}\n")
-  with pytest.raises(ConfigError, match=f"flagfile {binary}, line 2: not UTF-8"):
-    config_lib.from_flags([f"--flagfile={including}"])
 
 
 # --- 13. log noise; TensorBoard -----------------------------------------------------------------
@@ -298,11 +258,12 @@ def _tensorboard_scalars(workdir):
 
 def test_runs_log_no_library_noise_and_write_tensorboard_events(tmp_path):
   workdir, data = tmp_path / "run", tmp_path / "tfds"  # a fresh data dir: PTB is prepared
-  train_run = _cli("--flagfile=launch/ptb_tiny.flags", f"--workdir={workdir}",
+  # Processes of their own: what a fresh process logs, the first preparation included.
+  train_run = run_cli_process("--flagfile=launch/ptb_tiny.flags", f"--workdir={workdir}",
                    f"--config.data.dir={data}", "--config.train.max_steps=3",
                    "--config.train.log_every_steps=1")
   assert train_run.returncode == 0, train_run.stderr[-3000:]
-  eval_run = _cli("--mode=eval", f"--workdir={workdir}", "--config.eval.max_sentences=2",
+  eval_run = run_cli_process("--mode=eval", f"--workdir={workdir}", "--config.eval.max_sentences=2",
                   "--config.eval.num_samples=1")
   assert eval_run.returncode == 0, eval_run.stderr[-3000:]
   logs = train_run.stdout + train_run.stderr + eval_run.stdout + eval_run.stderr

@@ -15,8 +15,8 @@ from srlm.methods import savae
 from srlm.methods import vae
 from srlm.models import make_decoder, make_encoder
 
-from conftest import replace
-from methods_test import VOCAB, _batch
+from helpers import replace
+from helpers import VOCAB, random_batch as _batch
 
 
 def _config(**savae_fields):
@@ -91,8 +91,8 @@ def test_end_to_end_encoder_gradient_matches_finite_differences():
 
     def loss(encoder_params, refined=True):
       all_params = {**params, "encoder": encoder_params}
-      mean, logvar = vae.posterior(encoder, refine if refined else None, all_params, batch,
-                                   refine_key, 1.0, dropout=False)
+      posterior = vae.make_posterior(encoder, refine if refined else None)
+      mean, logvar = posterior(all_params, batch, refine_key, 1.0, dropout=False)
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mean.shape, mean.dtype)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None)
       return jnp.mean(nll_B + jnp.sum(objectives.gaussian_kl(mean, logvar), axis=-1))
@@ -113,3 +113,14 @@ def test_end_to_end_encoder_gradient_matches_finite_differences():
     np.testing.assert_allclose(float(analytic), float(finite_difference), rtol=1e-6)
     # The refinement is in the gradient: without it, the derivative is another number.
     assert abs(float(plain) - float(finite_difference)) > 1e-3 * abs(float(finite_difference))
+
+
+def test_the_estimator_text_names_the_refined_q():
+  """SA-VAE overrides the parts of the VAE's estimator text that name the encoder's q."""
+  config = _config(refine_steps=4)
+  text = methods.get(config, VOCAB).report.estimator.text
+  assert "refined by 4 steps of momentum gradient descent" in text
+  assert "KL in closed form at the refined q" in text and "the refined means" in text
+  assert "encoder means" not in text
+  plain = methods.get(replace(config, model={"kind": "vae"}), VOCAB).report.estimator.text
+  assert "encoder means" in plain and "refined" not in plain

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srlm import cli
 from srlm import config as config_lib
 from srlm import evaluate
 from srlm import methods
@@ -26,13 +27,12 @@ def test_step_size_gradient_matches_finite_differences(tiny_decoder):
   initial_K = np.array([0.5, 0.4, 0.3, 0.2])
   with jax.enable_x64():
     params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-    chain_weights = sri.make_chain_weights(model, jnp.asarray(initial_K), temperature=0.2)
+    chain_weights = sri.make_chain_weights(model, temperature=0.2)
 
     @jax.jit
     def mean_elbo(log_step_sizes):
-      values = chain_weights({"decoder": params64,
-                              base.STEP_SIZES_PART: {"log_step_sizes": log_step_sizes}},
-                             batch, jax.random.key(3))["log_w"]
+      values = chain_weights({"decoder": params64}, jnp.exp(log_step_sizes), batch,
+                             jax.random.key(3))["log_w"]
       return base.sentence_mean(values, batch)
 
     log_K = jnp.log(jnp.asarray(initial_K))
@@ -49,7 +49,7 @@ def learned_workdir(tfds_dir, tmp_path_factory):
   """A one-epoch sri_learned run from its tiny flagfile (2 decoder steps, 2 step-size
   updates)."""
   workdir = str(tmp_path_factory.mktemp("sri_learned"))
-  config = config_lib.from_flags([
+  config = cli.config_from_flags([
       "--flagfile=launch/ptb_sri_learned_tiny.flags", f"--config.data.dir={tfds_dir}",
       "--config.data.max_train_sentences=16", "--config.data.max_eval_sentences=8",
       "--config.data.batch_size=8", "--config.data.buckets=(24,)",
@@ -75,7 +75,7 @@ def test_a_run_learns_logs_and_draws_its_step_sizes(learned_workdir):
   assert all(np.isfinite(r["step_size_elbo"]) for r in records)
   assert os.path.getsize(os.path.join(learned_workdir, "schedule.png")) > 0
   run = runs.restore_trained(config, learned_workdir)
-  np.testing.assert_allclose(np.asarray(run.method.step_sizes(run.params)), logged[-1],
+  np.testing.assert_allclose(np.asarray(run.method.chain.step_sizes(run.params)), logged[-1],
                              rtol=1e-6)
 
 
@@ -114,6 +114,7 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
 def test_a_method_without_a_chain_has_no_step_sizes_to_fit(tmp_path):
   config = config_lib.tiny()
   config.model.kind = "vae"
-  run = runs.TrainedRun(corpus=None, method=methods.get(config, 40), params={}, step=0)
+  run = runs.TrainedRun(corpus=None, method=methods.get(config, 40), params={}, step=0,
+                       mesh=None)
   with pytest.raises(config_lib.ConfigError, match="'vae' has no short-run chain"):
     step_sizes.with_fitted(str(tmp_path), run)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from srlm import cli
 from srlm import checkpointing
 from srlm import config as config_lib
 from srlm import methods
@@ -24,7 +25,7 @@ from srlm.data import pipeline
 from srlm.methods import base
 from srlm.methods import sri
 
-from conftest import REPO, replace
+from helpers import REPO, copy_workdir, replace
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tfds_dir, tmp_path):
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   last_logged = _train_records(workdir)[-1]["step"]
   assert steps == [last_logged]  # saved on the signal, not by the step interval
-  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+  config = cli.config_from_flags(["--flagfile=launch/ptb_tiny.flags",
                                   f"--config.data.dir={tfds_dir}",
                                   f"--config.train.max_steps={last_logged + 1}"])
   result = train.train_and_evaluate(config, workdir)
@@ -213,7 +214,7 @@ def test_kill_during_saves_leaves_a_resumable_workdir(tfds_dir, tmp_path):
   process.wait()
   # A half-written checkpoint looks like this; it must be ignored.
   os.makedirs(os.path.join(checkpoints, "999.orbax-checkpoint-tmp-1"))
-  config = config_lib.from_flags(["--flagfile=launch/ptb_tiny.flags",
+  config = cli.config_from_flags(["--flagfile=launch/ptb_tiny.flags",
                                   f"--config.data.dir={tfds_dir}"])
   latest = checkpointing.Checkpointer(workdir, config).latest_step()
   assert latest is not None and latest < 999
@@ -234,13 +235,10 @@ def test_epoch_end_can_log_active_units_and_mutual_information(tiny_config, tmp_
 # Every method's own tiny flagfile is run by tests/methods_test.py, and the aggressive VAE by
 # the test below; this is the free-bits variant.
 @pytest.mark.parametrize("kind", ["vae_fb"])
-def test_every_baseline_trains_from_its_tiny_flagfile_and_evaluates(kind, tfds_dir, tmp_path):
+def test_every_baseline_trains_from_its_tiny_flagfile_and_evaluates(kind, trained_workdir,
+                                                                     tmp_path):
   from srlm import evaluate  # pylint: disable=import-outside-toplevel
-  config = config_lib.from_flags([f"--flagfile=launch/ptb_{kind}_tiny.flags",
-                                  f"--config.data.dir={tfds_dir}", "--config.train.max_steps=3",
-                                  "--config.data.max_train_sentences=48"])
-  workdir = str(tmp_path)
-  assert train.train_and_evaluate(config, workdir)["step"] == 3
+  workdir = copy_workdir(trained_workdir(kind, 3), tmp_path)
   config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4,
                                                 "eval.num_samples": 2})
   result = evaluate.evaluate_workdir(config, workdir)
@@ -255,7 +253,7 @@ def test_every_baseline_trains_from_its_tiny_flagfile_and_evaluates(kind, tfds_d
 
 def test_aggressive_schedule_takes_several_encoder_steps_early_and_one_later(tfds_dir,
                                                                               tmp_path):
-  config = config_lib.from_flags(["--flagfile=launch/ptb_vae_aggressive_tiny.flags",
+  config = cli.config_from_flags(["--flagfile=launch/ptb_vae_aggressive_tiny.flags",
                                   f"--config.data.dir={tfds_dir}",
                                   "--config.data.max_train_sentences=64",
                                   "--config.data.max_eval_sentences=8",

@@ -1,10 +1,14 @@
-"""The interface every method implements: a NamedTuple of pure functions and the texts that
-describe them, in the manner of optax's (init, update) pairs and blackjax's SamplingAlgorithm.
+"""The interface every method implements: a core of pure functions, plus capability records
+for what only some methods have, in the manner of optax's (init, update) pairs and blackjax's
+SamplingAlgorithm.
 
 A method is built once per run from the config and the vocabulary size (`srlm.methods.get`)
-and closes over both; the drivers (train, evaluate, analysis) call its functions and never ask
-which method they hold. Every step function is pure and not jitted: the drivers jit them (with
-the mesh's shardings, see `srlm.parallel`), so one compilation serves each length bucket.
+and closes over both; the drivers (train, evaluate, analysis, step_sizes) call its functions
+and never ask which method they hold. They ask one question per capability (`method.latent is
+None`: no latent space; `method.chain is None`: no short-run chain) and never look at metric
+names, result keys or params keys to decide what to do. Every step function is pure and not
+jitted: the drivers jit them (with the mesh's shardings, see `srlm.parallel`), so one
+compilation serves each length bucket.
 
 Step signatures (batch: `inputs`, `targets`, `mask` (B, L-1), plus `epoch` in training):
   train_step(state, batch, rng) -> (state, metric sums)    rng: the run's key; the step folds
@@ -13,18 +17,21 @@ Step signatures (batch: `inputs`, `targets`, `mask` (B, L-1), plus `epoch` in tr
                                                            (dropout off), other keys per
                                                            sentence too (e.g. "kl")
   nll_step(params, batch, rng) -> {"nll", "kl", "rec"}     each (B,): docs/method.md §4
-  posterior_step(params, batch, rng) -> (mean, variance)   each (B, D): AU, MI, codes
-  feature_step(params, batch, rng) -> (mean, variance)     the features of docs/method.md §6
+  Latent.posterior_step(params, batch, rng) -> (mean, variance)   each (B, D): AU, MI, codes
+  Latent.feature_step(params, batch, rng) -> (mean, variance)     the features of §6
+  Latent.log_likelihood(params, z, batch) -> (B,)          log p(x | z), dropout off
+  Chain.elbo(params, log_step_sizes, batch, rng) -> (B,)   the short-run ELBO of §7
 Padding rows (mask all 0) may hold anything in per-sentence outputs; drivers drop them.
 """
 
 import types
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from srlm import objectives
 from srlm.models import Decoder
 
 Batch = dict[str, jax.Array]
@@ -47,33 +54,102 @@ def per(count_metric: str) -> str:
   the steps that did a periodic update); left out of a window whose count is 0."""
   return f"per:{count_metric}"
 
-def schedule_keys(prefix: str, record: Mapping[str, Any]) -> list[str]:
-  """The keys <prefix>_00, <prefix>_01, ... of a logged record (Method.schedule), in order."""
-  return sorted(k for k in record
-                if k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit())
-
 
 # Every train_step reports these sums; `srlm.train.summarize_train` turns them into
-# nll_per_token and ppl, and METRICS below into the rest.
+# nll_per_token and ppl, and Report.train_metrics into the rest.
 REQUIRED_TRAIN_SUMS = ("nll_sum", "num_tokens", "num_sentences", "param_grad_norm")
 # logged name -> (train_step metric, reduction); each method adds its own.
 COMMON_METRICS = {"nll_per_sentence": ("nll_sum", PER_SENTENCE),
                   "param_grad_norm": ("param_grad_norm", PER_STEP)}
 
 
-# The params part that holds a short-run chain's own step sizes, {"log_step_sizes": (K,)}: the
-# learned ones (methods/sri_learned.py), or those fitted post hoc (srlm/step_sizes.py). A
-# method with a chain uses them when the part is present, else its config's.
-STEP_SIZES_PART = "step_sizes"
-
-
 class LoopContext(NamedTuple):
-  """What a method's host-level training schedule may use (see Method.loop_step)."""
-  config: Any  # srlm.config.Config
+  """What a method's host-level training schedule may use (see Method.loop_step): no mesh, no
+  data pipeline, only functions the training loop hands down."""
   jit: Callable[[TrainStepFn], TrainStepFn]  # jits a train step as the loop does
-  train_split: Any  # srlm.data.pipeline.Split
-  mesh: jax.sharding.Mesh
+  # random_batches(entropy) -> endless iterator of training batches drawn at random (with
+  # replacement) from the training split, a function of (entropy, the run's seed) only, so a
+  # resumed run draws the same ones (the aggressive VAE's inner loop).
+  random_batches: Callable[[tuple[int, ...]], Iterator[Batch]]
   rng: jax.Array  # the run's training key
+
+
+def jitted_loop_step(train_step: TrainStepFn) -> Callable[[LoopContext], LoopStep]:
+  """The default schedule: one jitted train_step per batch."""
+  def make_loop_step(context: LoopContext) -> LoopStep:
+    step = context.jit(train_step)
+    return lambda state, batch, epoch, step_count: step(state, batch, context.rng)
+  return make_loop_step
+
+
+class Latent(NamedTuple):
+  """A latent space: posterior moments, features, and the decoder's likelihood of a code."""
+  posterior_step: BatchFn  # (params, batch, rng) -> (mean, variance), each (B, D)
+  feature_step: BatchFn  # the same for the features of docs/method.md §6
+  features: str  # what the features are, e.g. "encoder means"
+  # Settings that determine the features, recorded beside saved features (a cache key).
+  feature_settings: Mapping[str, Any]
+  # (params, z (B, D), batch) -> log p(x | z) (B,), dropout off: the decoder alone, for
+  # estimators that need no proposal of the method's own (AIS).
+  log_likelihood: Callable[[Params, jax.Array, Batch], jax.Array]
+
+
+class Chain(NamedTuple):
+  """A short-run chain (SRI-like methods): its step sizes and the objective that tunes them."""
+  # params -> the (K,) step sizes the method's chains use (the config's, learned, or fitted).
+  step_sizes: Callable[[Params], jax.Array]
+  # (params, log step sizes (K,), batch, rng) -> each sentence's (B,) short-run ELBO (docs/
+  # method.md §7) with those step sizes, dropout off, at the evaluation noise; differentiable
+  # in the log step sizes.
+  elbo: Callable[[Params, jax.Array, Batch, jax.Array], jax.Array]
+  # (step sizes (K,), where they come from) -> the same method with its chains at those fixed
+  # step sizes (for evaluation with fitted step sizes).
+  with_step_sizes: Callable[[Any, str], "Method"]
+
+
+class Curve(NamedTuple):
+  """A method's own training curve, drawn beside the NLL in training_curves.png."""
+  metric: str  # a logged training metric
+  label: str  # its axis label
+  in_valid: bool  # whether the validation records carry it too
+
+
+class Schedule(NamedTuple):
+  """A vector logged as one metric per entry, drawn against its index once per epoch
+  (schedule.png: the learned step sizes)."""
+  metrics: tuple[str, ...]  # logged metric names, in index order
+  label: str
+
+
+class Estimator(NamedTuple):
+  """How eval's numbers are estimated, in parts a method can override (SA-VAE names its
+  refined q where the VAE names the encoder's); `text` joins them for eval_<split>.json."""
+  nll: str
+  kl: str
+  rec: str
+  latent: str  # AU and MI
+  extra: str = ""  # e.g. where a chain's step sizes come from
+
+  @property
+  def text(self) -> str:
+    return " ".join(part for part in (f"{self.nll}; {self.kl}; REC: {self.rec}; AU/MI: "
+                                      f"{self.latent}.", self.extra) if part)
+
+
+class Report(NamedTuple):
+  """What a method says about itself: logs, figures and the eval JSON's descriptions."""
+  # logged name -> (train_step metric, reduction), COMMON_METRICS included.
+  train_metrics: Mapping[str, tuple[str, str]]
+  # The method's part of a training progress line, from the summarised metrics.
+  progress: Callable[[dict[str, float]], str]
+  curve: Curve | None
+  schedule: Schedule | None
+  estimator: Estimator
+  nll_samples: str  # the short form, for the summary line: "M=10 short-run chains per sentence"
+  # params -> the settings the method adds to eval_<split>.json (JSON values).
+  eval_settings: Callable[[Params], dict[str, Any]] = lambda params: {}
+  # settings (as returned above) -> an extra line of the eval summary, "" for none.
+  eval_note: Callable[[dict[str, Any]], str] = lambda settings: ""
 
 
 class Method(NamedTuple):
@@ -84,38 +160,21 @@ class Method(NamedTuple):
   train_step: TrainStepFn
   valid_step: BatchFn
   nll_step: BatchFn
-  # None for a method without a latent space (then AU = MI = 0 and no latent-space modes).
-  posterior_step: BatchFn | None
-  feature_step: BatchFn | None
-  # logged name -> (train_step metric, reduction), COMMON_METRICS included.
-  train_metrics: Mapping[str, tuple[str, str]]
-  # The method's part of a training progress line, from the summarised metrics.
-  progress: Callable[[dict[str, float]], str]
-  # (logged metric, axis label) drawn beside the NLL in training_curves.png, or None.
-  curve: tuple[str, str] | None
-  estimator: str  # how eval's nll, kl, rec, au and mi are estimated, for eval_<split>.json
-  nll_samples: str  # the short form, for the summary line: "M=10 short-run chains per sentence"
-  features: str  # what the features are, e.g. "encoder means"
-  # Settings that determine the features, recorded beside saved features (a cache key).
-  feature_settings: Mapping[str, Any]
-  # A schedule that is not one jitted step per batch (the aggressive VAE's inner loop):
-  # LoopContext -> LoopStep. None: the loop calls jit(train_step)(state, batch, rng).
+  report: Report
+  latent: Latent | None = None  # None: no latent space (AU = MI = 0, no latent-space modes)
+  chain: Chain | None = None  # None: no short-run chain (no step sizes to fit)
+  # LoopContext -> LoopStep: the training schedule; one jitted train_step per batch unless
+  # the method has a host-level one (the aggressive VAE's inner loop). None: that default.
   loop_step: Callable[[LoopContext], LoopStep] | None = None
   # part -> optimiser, for parts not trained by the run's Adam (the learned step sizes).
   optimizers: Mapping[str, optax.GradientTransformation] = types.MappingProxyType({})
-  # (logged metric prefix, axis label): metrics <prefix>_00, _01, ... form a vector drawn
-  # against its index once per epoch (schedule.png: the learned step sizes), or None.
-  schedule: tuple[str, str] | None = None
-  # For a method with a short-run chain: (params, batch, rng) -> each sentence's (B,) short-run
-  # ELBO under the step sizes in params[STEP_SIZES_PART] (docs/method.md §7), differentiable
-  # in them; `step_sizes(params)` gives the (K,) step sizes the chain uses. None for methods
-  # without a chain.
-  step_size_elbo: BatchFn | None = None
-  step_sizes: Callable[[Params], jax.Array] | None = None
 
   @property
   def latent_dim(self) -> int:
     return self.decoder.latent_dim
+
+  def make_loop_step(self, context: LoopContext) -> LoopStep:
+    return (self.loop_step or jitted_loop_step(self.train_step))(context)
 
 
 def sentence_mask(batch: Batch) -> jax.Array:
@@ -139,3 +198,38 @@ def init_decoder(decoder: Decoder, rng: jax.Array) -> Params:
   z = jnp.zeros((1, decoder.latent_dim), jnp.float32)
   tokens = jnp.zeros((1, 2), jnp.int32)
   return decoder.init(rng, z, tokens, deterministic=True)["params"]
+
+
+def decoder_log_likelihood_fn(model: Decoder) -> Callable[[Params, jax.Array, Batch], jax.Array]:
+  """Latent.log_likelihood of a method whose params hold the decoder as params["decoder"]."""
+  return lambda params, z_BxD, batch: objectives.decoder_log_likelihood(
+      model, params["decoder"], z_BxD, batch, None)
+
+
+# The step sizes' own params part, {"log_step_sizes": (K,)}, and its optimiser state.
+StepSizesPart = dict[str, jax.Array]
+
+
+def step_size_ascent(elbo: Callable[[Params, jax.Array, Batch, jax.Array], jax.Array],
+                     tx: optax.GradientTransformation, clip_norm: float | None = None):
+  """One ascent step on the mean short-run ELBO of a batch in the log step sizes, the decoder
+  fixed: the update of learned step sizes (methods/sri_learned.py, during training) and of
+  fitted ones (--mode=fit_step_sizes, after it). `elbo` is a Chain.elbo; the gradient is
+  clipped to clip_norm (as the run's optimiser clips) when given, then `tx` updates.
+
+  Returns (params, part, opt_state, batch, rng) -> (part, opt_state, the batch's mean ELBO at
+  the step sizes before the step), with part = {"log_step_sizes": (K,)}.
+  """
+  def update(params, part: StepSizesPart, opt_state, batch, rng):
+    def loss_fn(part):
+      return -sentence_mean(elbo(params, part["log_step_sizes"], batch, rng), batch)
+
+    loss, grad = jax.value_and_grad(loss_fn)(part)
+    if clip_norm is not None:
+      norm = optax.tree.norm(grad)
+      scale = jnp.where(norm > clip_norm, clip_norm / norm, 1.0)
+      grad = jax.tree.map(lambda g: g * scale, grad)
+    updates, opt_state = tx.update(grad, opt_state, part)
+    return optax.apply_updates(part, updates), opt_state, -loss
+
+  return update

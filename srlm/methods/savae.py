@@ -91,15 +91,21 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Meth
                     refine_of=lambda model: make_refine(config, model))
   refined = (f"q(z|x) refined by {sa.refine_steps} steps of momentum gradient descent "
              f"(lr {sa.refine_learning_rate}, momentum {sa.refine_momentum})")
+  num_samples = config.eval.num_samples
   return method._replace(
       name="savae",
-      estimator=method.estimator.replace("q(z|x)", refined, 1).replace(
-          "KL in closed form", "KL in closed form at the refined q").replace(
-          "the encoder means", "the refined means"),
-      nll_samples=f"M={config.eval.num_samples} samples of the refined q(z|x) per sentence",
-      features=f"means of the {refined}",
-      feature_settings={"refine_steps": sa.refine_steps,
-                        "refine_learning_rate": sa.refine_learning_rate,
-                        "refine_momentum": sa.refine_momentum,
-                        "refine_max_grad_norm": sa.refine_max_grad_norm},
+      latent=method.latent._replace(
+          features=f"means of the {refined}",
+          feature_settings={"refine_steps": sa.refine_steps,
+                            "refine_learning_rate": sa.refine_learning_rate,
+                            "refine_momentum": sa.refine_momentum,
+                            "refine_max_grad_norm": sa.refine_max_grad_norm}),
+      report=method.report._replace(
+          estimator=method.report.estimator._replace(
+              nll=(f"importance-weighted bound with M={num_samples} samples of the {refined} "
+                   "as proposal"),
+              kl="KL in closed form at the refined q",
+              latent="AU from the refined means, MI closed-form for the refined Gaussian "
+                     "q(z|x), q(z) over the whole split"),
+          nll_samples=f"M={num_samples} samples of the refined q(z|x) per sentence"),
   )

@@ -31,12 +31,14 @@ Posterior moments (AU, MI, codes for the latent-space modes): the mean and varia
 chains per sentence at the evaluation noise; features: the mean of the noiseless, constant-step
 chains of docs/method.md §6.
 
-Step sizes: the config's (docs/method.md §2), unless the params carry their own
-(base.STEP_SIZES_PART, see `chain_step_sizes`): then training, validation, the NLL and the
-posterior chains use those. `make_chain_weights`' log w is the objective that tunes them (§7).
+Step sizes: a function of the params (`build`'s step_sizes_fn) that every chain but the
+features' uses: the config's (docs/method.md §2, `make`), learned ones held in the params
+(methods/sri_learned.py), or fitted ones (Chain.with_step_sizes, --mode=fit_step_sizes).
+`make_chain_weights`' log w is the objective that tunes them (§7), `base.step_size_ascent`
+the update that both learned and fitted step sizes take.
 """
 
-from typing import NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -160,57 +162,40 @@ def importance_weights(rng: jax.Array, batch_size: int, latent_dim: int,
           "log_prior": log_prior_B, "log_likelihood": log_lik_B}
 
 
-class ChainSettings(NamedTuple):
-  """How posterior moments are estimated: num_chains chains with these step sizes and noise."""
-  num_chains: int
-  step_sizes: tuple[float, ...]
-  temperature: float
+# (params) -> the (K,) step sizes a method's chains use: the config's, learned or fitted.
+StepSizesFn = Callable[[base.Params], jax.Array]
 
 
-def posterior_chains(config: Config) -> ChainSettings:
-  """The S chains of AU, MI and inferred codes (docs/method.md §4): eval chains, eval noise."""
-  return ChainSettings(config.eval.num_posterior_chains, config_lib.step_sizes(config.langevin),
-                       config.langevin.eval_temperature)
+def fixed_step_sizes(step_sizes_K) -> StepSizesFn:
+  """Step sizes that do not depend on the params: the config's, or those fitted post hoc."""
+  step_sizes_K = jnp.asarray(step_sizes_K, jnp.float32)
+  return lambda params: step_sizes_K
 
 
-def feature_chains(config: Config) -> ChainSettings:
-  """The chains of the classification features (docs/method.md §6): noiseless, constant step."""
-  a = config.analysis
-  return ChainSettings(a.feature_chains, (a.feature_step_size,) * a.feature_steps, 0.0)
-
-
-def chain_step_sizes(params, default_K: jax.Array) -> jax.Array:
-  """The (K,) step sizes of the chain: the run's own when its params carry them
-  (base.STEP_SIZES_PART: learned, or fitted post hoc), else default_K (the config's)."""
-  own = params.get(base.STEP_SIZES_PART)
-  return default_K if own is None else jnp.exp(own["log_step_sizes"])
-
-
-def make_chain_weights(model: Decoder, default_K: jax.Array, temperature: float):
-  """(params, batch, rng) -> `importance_weights` of one chain per sentence with the run's
-  step sizes (chain_step_sizes), at `temperature`, dropout off: the NLL's samples (§4), and
-  with its "log_w" the short-run ELBO of docs/method.md §7,
+def make_chain_weights(model: Decoder, temperature: float):
+  """(params, step sizes (K,), batch, rng) -> `importance_weights` of one chain per sentence
+  at `temperature`, dropout off: the NLL's samples (§4), and with its "log_w" the short-run
+  ELBO of docs/method.md §7,
       log p(x, z_K) - log N(z_0; 0, I) + log|det dz_K/dz_0|.
-  Differentiable in params[STEP_SIZES_PART] by autodiff through the log-det chain: exact, and
-  it takes derivatives of the Hessians (third derivatives of the decoder), so use a few
-  sentences for that."""
+  Differentiable in the step sizes by autodiff through the log-det chain: exact, and it takes
+  derivatives of the Hessians (third derivatives of the decoder), so use a few sentences for
+  that."""
   temperature = jnp.float32(temperature)
 
-  def chain_weights(params, batch, rng):
+  def chain_weights(params, step_sizes_K, batch, rng):
     decoder_params = params["decoder"]
     return importance_weights(
         rng, batch["targets"].shape[0], model.latent_dim,
         decoder_value_grad_hessian(model, decoder_params, batch),
         lambda z: objectives.decoder_log_likelihood(model, decoder_params, z, batch, None),
-        chain_step_sizes(params, default_K), temperature)
+        step_sizes_K, temperature)
 
   return chain_weights
 
 
-def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
-  """The decoder's step of docs/method.md §3, with the chain's step sizes from the state's
-  params when they carry them (chain_step_sizes)."""
-  default_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
+def make_train_step(config: Config, model: Decoder,
+                    step_sizes_fn: StepSizesFn) -> base.TrainStepFn:
+  """The decoder's step of docs/method.md §3, its chain at step_sizes_fn(state.params)."""
   lcfg = config.langevin
   accumulated = config.train.gradient == "accumulated"
 
@@ -220,9 +205,8 @@ def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
     z0, zK, infos, chain_grads = infer_z(
-        model, state.params["decoder"], batch, chain_rng,
-        chain_step_sizes(state.params, default_K), temperature,
-        dropout=True, param_grads=accumulated)
+        model, state.params["decoder"], batch, chain_rng, step_sizes_fn(state.params),
+        temperature, dropout=True, param_grads=accumulated)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = base.sentence_mask(batch)
     num_sentences = jnp.sum(sentence_mask_B)
@@ -250,19 +234,18 @@ def make_train_step(config: Config, model: Decoder) -> base.TrainStepFn:
   return train_step
 
 
-def make_posterior_step(model: Decoder, chains: ChainSettings,
-                        run_step_sizes: bool = True) -> base.BatchFn:
-  """(params, batch, rng) -> the mean and variance (B, D) of `chains` chains per sentence.
-  With run_step_sizes, the step sizes the params carry replace chains.step_sizes."""
-  default_K = jnp.asarray(chains.step_sizes, jnp.float32)
-  temperature = jnp.float32(chains.temperature)
+def make_posterior_step(model: Decoder, num_chains: int, step_sizes_fn: StepSizesFn,
+                        temperature: float) -> base.BatchFn:
+  """(params, batch, rng) -> the mean and variance (B, D) of num_chains chains per sentence,
+  at step_sizes_fn(params) and `temperature`, dropout off."""
+  temperature = jnp.float32(temperature)
 
   def posterior_step(params, batch, rng):
-    step_sizes_K = chain_step_sizes(params, default_K) if run_step_sizes else default_K
+    step_sizes_K = step_sizes_fn(params)
     z_SxBxD = jax.lax.map(
         lambda key: infer_z(model, params["decoder"], batch, key, step_sizes_K, temperature,
                             dropout=False)[1],
-        jax.random.split(rng, chains.num_chains))
+        jax.random.split(rng, num_chains))
     return jnp.mean(z_SxBxD, axis=0), jnp.var(z_SxBxD, axis=0)
 
   return posterior_step
@@ -274,58 +257,99 @@ def progress(summary: dict[str, float]) -> str:
           f"| T {summary['temperature']:.3f}")
 
 
-def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
-  del steps_per_epoch  # the noise schedule is a function of the epoch, which batches carry
+def _rounded(values) -> str:
+  return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
+
+
+def build(config: Config, vocab_size: int, step_sizes_fn: StepSizesFn,
+          step_sizes_source: str, name: str = "sri") -> base.Method:
+  """SRI whose chains (training, validation, NLL, posterior moments) take their step sizes
+  from step_sizes_fn(params); step_sizes_source says where they come from (eval JSON)."""
   model = make_decoder(config.model, vocab_size, config.model.latent_dim)
-  default_K = jnp.asarray(config_lib.step_sizes(config.langevin), jnp.float32)
-  eval_temperature = jnp.float32(config.langevin.eval_temperature)
-  num_samples = config.eval.num_samples
-  chain_weights = make_chain_weights(model, default_K, config.langevin.eval_temperature)
+  lcfg, ecfg, acfg = config.langevin, config.eval, config.analysis
+  eval_temperature = jnp.float32(lcfg.eval_temperature)
+  num_samples = ecfg.num_samples
+  chain_weights = make_chain_weights(model, lcfg.eval_temperature)
 
   def valid_step(params, batch, rng):
-    _, z, _, _ = infer_z(model, params["decoder"], batch, rng,
-                         chain_step_sizes(params, default_K), eval_temperature, dropout=False)
+    _, z, _, _ = infer_z(model, params["decoder"], batch, rng, step_sizes_fn(params),
+                         eval_temperature, dropout=False)
     return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None)}
 
   def nll_step(params, batch, rng):
+    step_sizes_K = step_sizes_fn(params)
     # Samples one after another (lax.map) keeps memory at one chain's worth per sentence.
-    parts = jax.lax.map(lambda key: chain_weights(params, batch, key),
+    parts = jax.lax.map(lambda key: chain_weights(params, step_sizes_K, batch, key),
                         jax.random.split(rng, num_samples))
     return {"nll": objectives.nll_from_log_weights(parts["log_w"]),
             "kl": jnp.mean(parts["log_q"] - parts["log_prior"], axis=0),
             "rec": -jnp.mean(parts["log_likelihood"], axis=0)}
 
-  features = feature_chains(config)
-  lcfg, ecfg = config.langevin, config.eval
+  def eval_settings(params):
+    return {"num_posterior_chains": ecfg.num_posterior_chains,
+            "eval_temperature": lcfg.eval_temperature, "num_steps": lcfg.num_steps,
+            "step_sizes": [float(s) for s in jax.device_get(step_sizes_fn(params))],
+            "step_sizes_source": step_sizes_source}
+
+  def with_step_sizes(step_sizes_K, source: str) -> base.Method:
+    return build(config, vocab_size, fixed_step_sizes(step_sizes_K), source, name)
+
+  # The features' chains are the paper's protocol (docs/method.md §6), whatever the run's own
+  # step sizes: noiseless, constant step.
+  feature_step = make_posterior_step(
+      model, acfg.feature_chains,
+      fixed_step_sizes((acfg.feature_step_size,) * acfg.feature_steps), 0.0)
   return base.Method(
-      name="sri",
+      name=name,
       decoder=model,
       init_params=lambda rng: {"decoder": base.init_decoder(model, rng)},
-      train_step=make_train_step(config, model),
+      train_step=make_train_step(config, model, step_sizes_fn),
       valid_step=valid_step,
       nll_step=nll_step,
-      posterior_step=make_posterior_step(model, posterior_chains(config)),
-      # The features' chains are the paper's protocol, whatever the run's own step sizes.
-      feature_step=make_posterior_step(model, features, run_step_sizes=False),
-      train_metrics={**base.COMMON_METRICS,
-                     "grad_norm_first": ("grad_norm_first_sum", base.PER_SENTENCE),
-                     "grad_norm_last": ("grad_norm_last_sum", base.PER_SENTENCE),
-                     "z_distance": ("z_distance_sum", base.PER_SENTENCE),
-                     "temperature": ("temperature", base.LAST)},
-      progress=progress,
-      curve=("z_distance", "|z_K - z_0| (chain travel)"),
-      estimator=(
-          f"importance sampling with M={num_samples} short-run chains per sentence "
-          f"(K={lcfg.num_steps}, T={lcfg.eval_temperature}); log q(z_K|x) = log N(z_0) - "
-          "log|det dz_K/dz_0| (exact Jacobian of the chain). REC: mean over the same chains. "
-          f"AU/MI: diagonal Gaussian moment-matched to {ecfg.num_posterior_chains} chains per "
-          "sentence; MI's q(z) over the whole split."),
-      nll_samples=f"M={num_samples} short-run chains per sentence",
-      features=(f"mean of {features.num_chains} noiseless chains of {len(features.step_sizes)} "
-                f"steps of size {config.analysis.feature_step_size}"),
-      feature_settings={"chains": features.num_chains, "steps": len(features.step_sizes),
-                        "step_size": config.analysis.feature_step_size,
-                        "temperature": features.temperature},
-      step_size_elbo=lambda params, batch, rng: chain_weights(params, batch, rng)["log_w"],
-      step_sizes=lambda params: chain_step_sizes(params, default_K),
+      latent=base.Latent(
+          posterior_step=make_posterior_step(model, ecfg.num_posterior_chains, step_sizes_fn,
+                                             lcfg.eval_temperature),
+          feature_step=feature_step,
+          features=(f"mean of {acfg.feature_chains} noiseless chains of {acfg.feature_steps} "
+                    f"steps of size {acfg.feature_step_size}"),
+          feature_settings={"chains": acfg.feature_chains, "steps": acfg.feature_steps,
+                            "step_size": acfg.feature_step_size, "temperature": 0.0},
+          log_likelihood=base.decoder_log_likelihood_fn(model)),
+      chain=base.Chain(
+          step_sizes=step_sizes_fn,
+          elbo=lambda params, log_step_sizes_K, batch, rng: chain_weights(
+              params, jnp.exp(log_step_sizes_K), batch, rng)["log_w"],
+          with_step_sizes=with_step_sizes),
+      report=base.Report(
+          train_metrics={**base.COMMON_METRICS,
+                         "grad_norm_first": ("grad_norm_first_sum", base.PER_SENTENCE),
+                         "grad_norm_last": ("grad_norm_last_sum", base.PER_SENTENCE),
+                         "z_distance": ("z_distance_sum", base.PER_SENTENCE),
+                         "temperature": ("temperature", base.LAST)},
+          progress=progress,
+          curve=base.Curve("z_distance", "|z_K - z_0| (chain travel)", in_valid=False),
+          schedule=None,
+          estimator=base.Estimator(
+              nll=(f"importance sampling with M={num_samples} short-run chains per sentence "
+                   f"(K={lcfg.num_steps}, T={lcfg.eval_temperature})"),
+              kl=("log q(z_K|x) = log N(z_0) - log|det dz_K/dz_0| (exact Jacobian of the "
+                  "chain)"),
+              rec="mean over the same chains",
+              latent=(f"diagonal Gaussian moment-matched to {ecfg.num_posterior_chains} "
+                      "chains per sentence, MI's q(z) over the whole split"),
+              extra=f"The chains' step sizes: {step_sizes_source}."),
+          nll_samples=f"M={num_samples} short-run chains per sentence",
+          eval_settings=eval_settings,
+          eval_note=lambda settings: (f"chain step sizes: {settings['step_sizes_source']} "
+                                      f"{_rounded(settings['step_sizes'])}")),
   )
+
+
+# Where the config's step sizes are named in eval JSONs.
+CONFIG_STEP_SIZES = "the run's (config)"
+
+
+def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
+  del steps_per_epoch  # the noise schedule is a function of the epoch, which batches carry
+  return build(config, vocab_size, fixed_step_sizes(config_lib.step_sizes(config.langevin)),
+               CONFIG_STEP_SIZES)

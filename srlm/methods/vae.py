@@ -18,13 +18,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from srlm import objectives
-from srlm import parallel
 from srlm.config import Config
-from srlm.data import pipeline
 from srlm.methods import base
 from srlm.models import Decoder, Encoder, make_decoder, make_encoder
 
@@ -32,26 +29,28 @@ from srlm.models import Decoder, Encoder, make_decoder, make_encoder
 # (decoder params, mean (B, D), logvar (B, D), batch, rng, beta, dropout) -> (mean, logvar):
 # a per-sentence refinement of the encoder's q(z | x) (methods/savae.py), differentiable.
 Refine = Callable[..., tuple[jax.Array, jax.Array]]
+# (params, batch, rng, beta, dropout) -> q(z | x)'s (mean, logvar), each (B, D).
+Posterior = Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def posterior(encoder: Encoder, refine: Refine | None, params, batch, rng, beta,
-              dropout: bool) -> tuple[jax.Array, jax.Array]:
-  """q(z | x)'s (mean, logvar), each (B, D): the encoder's, refined when `refine` is given."""
-  mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
-                                       batch["mask"])
-  if refine is None:
-    return mean_BxD, logvar_BxD
-  return refine(params["decoder"], mean_BxD, logvar_BxD, batch, rng, beta, dropout)
+def make_posterior(encoder: Encoder, refine: Refine | None = None) -> Posterior:
+  """q(z | x): the encoder's, refined by `refine` when given (SA-VAE)."""
+  def posterior(params, batch, rng, beta, dropout: bool):
+    mean_BxD, logvar_BxD = encoder.apply({"params": params["encoder"]}, batch["targets"],
+                                         batch["mask"])
+    if refine is None:
+      return mean_BxD, logvar_BxD
+    return refine(params["decoder"], mean_BxD, logvar_BxD, batch, rng, beta, dropout)
+  return posterior
 
 
-def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_epoch: int,
-                    parts: tuple[str, ...] = ("encoder", "decoder"),
-                    refine: Refine | None = None) -> base.TrainStepFn:
+def make_train_step(config: Config, model: Decoder, posterior: Posterior, steps_per_epoch: int,
+                    parts: tuple[str, ...] = ("encoder", "decoder")) -> base.TrainStepFn:
   """The ELBO step; `parts` says which of encoder / decoder it updates. Only a step that
   updates the decoder counts as a step (the aggressive schedule's encoder-only updates don't),
-  and beta is a function of that count. With `refine`, the ELBO is taken at the refined q and
-  differentiated through the refinement (SA-VAE); its randomness comes from a key of its own,
-  so with no refinement step the step is exactly the VAE's."""
+  and beta is a function of that count. The ELBO is taken at `posterior`'s q, differentiated
+  through any refinement (SA-VAE), whose randomness comes from a key of its own, so with no
+  refinement step the step is exactly the VAE's."""
   vcfg = config.vae
   counts_step = "decoder" in parts
   kl_weight = objectives.kl_weight_schedule(vcfg.kl_start, vcfg.kl_warmup_epochs,
@@ -64,8 +63,8 @@ def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_
     beta = kl_weight(state.step)
 
     def loss_fn(params):
-      mean_BxD, logvar_BxD = posterior(encoder, refine, params, batch,
-                                       jax.random.fold_in(z_rng, 1), beta, dropout=True)
+      mean_BxD, logvar_BxD = posterior(params, batch, jax.random.fold_in(z_rng, 1), beta,
+                                       dropout=True)
       z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(z_rng, mean_BxD.shape)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
                                                  dropout_rng)
@@ -85,24 +84,15 @@ def make_train_step(config: Config, model: Decoder, encoder: Encoder, steps_per_
   return train_step
 
 
-def aggressive_encoder_updates(encoder_step: base.TrainStepFn, state, split: pipeline.Split,
-                               plan: pipeline.BatchPlan, config: Config, rng: jax.Array,
-                               step: int, mesh: jax.sharding.Mesh):
-  """He et al. 2019's inner loop: encoder-only updates on random batches of `plan` until the
-  summed loss of a window of `aggressive_window` updates is no lower than the previous
-  window's, or `aggressive_max_steps` updates. Returns the state and the number of updates.
-
-  The batches are a function of (seed, step), so a resumed run repeats them.
-  """
-  vcfg, batch_size = config.vae, config.data.batch_size
-  choice = np.random.default_rng([config.train.seed, step, 1])
+def aggressive_encoder_updates(encoder_step: base.TrainStepFn, state, batches, config: Config,
+                               rng: jax.Array):
+  """He et al. 2019's inner loop: encoder-only updates on the random batches `batches` until
+  the summed loss of a window of `aggressive_window` updates is no lower than the previous
+  window's, or `aggressive_max_steps` updates. Returns the state and the number of updates."""
+  vcfg = config.vae
   previous, current = math.inf, 0.0
   for update in range(1, vcfg.aggressive_max_steps + 1):
-    index = int(choice.integers(len(plan)))
-    batch = parallel.global_batch([split.sentences[j] for j in plan.indices[index]],
-                                  plan.lengths[index], batch_size, mesh)
-    batch["epoch"] = np.int32(0)
-    state, metrics = encoder_step(state, batch, jax.random.fold_in(rng, update))
+    state, metrics = encoder_step(state, next(batches), jax.random.fold_in(rng, update))
     current += float(metrics["loss"])
     if update % vcfg.aggressive_window == 0:
       if current >= previous:
@@ -111,25 +101,23 @@ def aggressive_encoder_updates(encoder_step: base.TrainStepFn, state, split: pip
   return state, update
 
 
-def _aggressive_loop_step(config: Config, model: Decoder, encoder: Encoder,
-                          steps_per_epoch: int, refine: Refine | None):
+def _aggressive_loop_step(config: Config, model: Decoder, posterior: Posterior,
+                          steps_per_epoch: int):
   """LoopContext -> LoopStep: during the first aggressive_epochs epochs, the inner encoder
   loop then a decoder-only step; afterwards the joint step."""
   def make_loop_step(context: base.LoopContext) -> base.LoopStep:
     step_of = lambda parts: context.jit(
-        make_train_step(config, model, encoder, steps_per_epoch, parts, refine))
+        make_train_step(config, model, posterior, steps_per_epoch, parts))
     encoder_step, decoder_step = step_of(("encoder",)), step_of(("decoder",))
     joint_step = step_of(("encoder", "decoder"))
-    inner_plan = pipeline.plan_batches(context.train_split, config.data.buckets,
-                                       config.data.batch_size)
     inner_rng = jax.random.fold_in(context.rng, 1 << 30)
 
     def loop_step(state, batch, epoch, step):
       if epoch >= config.vae.aggressive_epochs:
         return joint_step(state, batch, context.rng)
+      # The inner batches are a function of the step, so a resumed run repeats them.
       state, encoder_updates = aggressive_encoder_updates(
-          encoder_step, state, context.train_split, inner_plan, config, inner_rng, step,
-          context.mesh)
+          encoder_step, state, context.random_batches((step, 1)), config, inner_rng)
       state, metrics = decoder_step(state, batch, context.rng)
       return state, {**metrics, "encoder_steps": encoder_updates}
 
@@ -142,17 +130,26 @@ def _progress(summary: dict[str, float]) -> str:
           f"encoder steps {summary['encoder_steps']:.1f}")
 
 
+# The VAE's estimator text; SA-VAE replaces the parts that name the encoder's q.
+ESTIMATOR = base.Estimator(
+    nll="importance-weighted bound with M={num_samples} samples of q(z|x) as proposal",
+    kl="KL in closed form",
+    rec="mean over the same samples",
+    latent="AU from the encoder means, MI closed-form for the Gaussian q(z|x), q(z) over "
+           "the whole split")
+
+
 def make(config: Config, vocab_size: int, steps_per_epoch: int = 1,
          refine_of: Callable[[Decoder], Refine] | None = None) -> base.Method:
   """The VAE; with refine_of (decoder -> Refine), the VAE whose q(z | x) is refined
   (methods/savae.py): in training, and in every evaluation and latent-space mode (beta 1)."""
   model = make_decoder(config.model, vocab_size, config.model.latent_dim)
   encoder = make_encoder(config.model, vocab_size)
-  refine = refine_of(model) if refine_of is not None else None
+  posterior = make_posterior(encoder, refine_of(model) if refine_of is not None else None)
   num_samples = config.eval.num_samples
 
   def q(params, batch, rng):
-    return posterior(encoder, refine, params, batch, rng, jnp.float32(1.0), dropout=False)
+    return posterior(params, batch, rng, jnp.float32(1.0), dropout=False)
 
   def init_params(rng):
     decoder_rng, encoder_rng = jax.random.split(rng)
@@ -190,24 +187,22 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1,
       name="vae",
       decoder=model,
       init_params=init_params,
-      train_step=make_train_step(config, model, encoder, steps_per_epoch, refine=refine),
+      train_step=make_train_step(config, model, posterior, steps_per_epoch),
       valid_step=valid_step,
       nll_step=nll_step,
-      posterior_step=posterior_step,
-      feature_step=posterior_step,
-      train_metrics={**base.COMMON_METRICS,
-                     "kl_per_sentence": ("kl_sum", base.PER_SENTENCE),
-                     "encoder_steps": ("encoder_steps", base.PER_STEP),
-                     "kl_weight": ("kl_weight", base.LAST)},
-      progress=_progress,
-      curve=("kl_per_sentence", "KL per sentence"),
-      estimator=(
-          f"importance-weighted bound with M={num_samples} samples of q(z|x) as proposal; KL "
-          "in closed form; REC: mean over the same samples; AU from the encoder means; MI "
-          "closed-form for the Gaussian q(z|x), q(z) over the whole split."),
-      nll_samples=f"M={num_samples} samples of q(z|x) per sentence",
-      features="encoder means",
-      feature_settings={},
-      loop_step=(_aggressive_loop_step(config, model, encoder, steps_per_epoch, refine)
+      latent=base.Latent(posterior_step=posterior_step, feature_step=posterior_step,
+                         features="encoder means", feature_settings={},
+                         log_likelihood=base.decoder_log_likelihood_fn(model)),
+      report=base.Report(
+          train_metrics={**base.COMMON_METRICS,
+                         "kl_per_sentence": ("kl_sum", base.PER_SENTENCE),
+                         "encoder_steps": ("encoder_steps", base.PER_STEP),
+                         "kl_weight": ("kl_weight", base.LAST)},
+          progress=_progress,
+          curve=base.Curve("kl_per_sentence", "KL per sentence", in_valid=True),
+          schedule=None,
+          estimator=ESTIMATOR._replace(nll=ESTIMATOR.nll.format(num_samples=num_samples)),
+          nll_samples=f"M={num_samples} samples of q(z|x) per sentence"),
+      loop_step=(_aggressive_loop_step(config, model, posterior, steps_per_epoch)
                  if config.vae.aggressive_epochs else None),
   )
