@@ -2,6 +2,10 @@
 tiny trained workdirs, each trained once per session (`trained_workdir`). Helpers that are not
 fixtures live in helpers.py."""
 
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
 
@@ -13,6 +17,23 @@ from helpers import SHARED_DATA, short_run_flags
 
 # Catch silent broadcasting bugs: (B, T) + (T,) must be written explicitly.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent XLA compilation cache per test session: many tests compile the same tiny
+# models (in this process and in the subprocesses, which inherit the variable), and a hit
+# skips XLA's compiler. Keyed by the HLO and the compile options, so a hit is the same
+# program; removed when the session ends.
+_XLA_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _XLA_CACHE = tempfile.mkdtemp(prefix="srlm-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del exitstatus
+  # With pytest-xdist the workers share the controller's cache: only the controller removes it.
+  if _XLA_CACHE and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
