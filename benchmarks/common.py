@@ -65,3 +65,30 @@ def write_result(name: str, result: dict[str, Any]) -> str:
   with open(path, "w") as f:
     json.dump(record, f, indent=2)
   return path
+
+
+# The output layer's products in one SRI training step at B sentences of T tokens (T - 1
+# predicted): per chain step the logits (B(T-1) x H) @ (H x V) and their gradient back to h,
+# K = 20 times, plus the decoder update's logits and weight gradient. The rest of the step
+# (LSTM recurrence, exponentials) comes on top, so this is a lower bound on the step.
+OUTPUT_LAYER_PRODUCTS = 42
+
+
+def float32_floor(batch_size: int, length: int, hidden: int = 256, vocab: int = 10002,
+                  products: int = OUTPUT_LAYER_PRODUCTS, repeats: int = 5) -> dict[str, float]:
+  """The float32 floor of an SRI step, measured here: `products` NumPy (BLAS) products of
+  (batch_size (length - 1) x hidden) @ (hidden x vocab), median of `repeats`, in seconds."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  h = rng.standard_normal((batch_size * (length - 1), hidden), dtype=np.float32)
+  w = rng.standard_normal((vocab, hidden), dtype=np.float32)
+  np.dot(h, w.T)  # warm-up (threads, page faults)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(products):
+      np.dot(h, w.T)
+    times.append(time.perf_counter() - start)
+  gflop = 2 * h.shape[0] * hidden * vocab * products / 1e9
+  median = statistics.median(times)
+  return {"floor_s": median, "floor_products": products, "floor_gflops": gflop / median}

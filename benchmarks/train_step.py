@@ -11,7 +11,10 @@ sizes (true), and the amortised cost per decoder step at --config.langevin.learn
 --devices=1,2,4,8 times the same global batch sharded over 1, 2, 4, 8 devices (on a CPU, with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, which simulates devices on the same cores).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
-median seconds per step after compile, steps/s and sentences/s, and the peak memory; writes
+median seconds per step after compile, steps/s and sentences/s, the peak memory, and the
+float32 floor measured in the same process (common.float32_floor: the step's output-layer
+products done by NumPy's BLAS) with the step's ratio to it, so that figures from different
+machines compare; writes
 benchmarks/results/train_step_<backend>.json. Random token ids: the cost does not depend on
 the words.
 """
@@ -89,11 +92,13 @@ def _time_method(config, learn_every):
       return metrics
 
     for length in map(int, _LENGTHS.value):
+      floor = common.float32_floor(batch_size, length)
       sentences = list(rng.integers(4, _VOCAB, (batch_size, length)).astype(np.int32))
       batch = {**parallel.global_batch(sentences, length, batch_size, mesh),
                "epoch": np.int32(0)}
       timing = common.time_calls(lambda: one_step(batch), _REPEATS.value)
-      row = {"devices": num_devices, "T": length, **timing,
+      row = {"devices": num_devices, "T": length, **timing, **floor,
+             "ratio_to_floor": timing["median_s"] / floor["floor_s"],
              **({"step_size_update": learn_every == 1} if learn_every else {}),
              "steps_per_s": 1 / timing["median_s"],
              "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
@@ -103,7 +108,9 @@ def _time_method(config, learn_every):
             + f": {row['median_s']:.3f} s/step "
             f"(min {row['min_s']:.3f}), {row['steps_per_s']:.2f} steps/s, "
             f"{row['sentences_per_s']:.1f} sentences/s, "
-            f"compile+first {row['compile_and_first_call_s']:.1f} s, "
+            f"compile+first {row['compile_and_first_call_s']:.1f} s, float32 floor "
+            f"{floor['floor_s']:.3f} s ({floor['floor_products']} NumPy products of the output "
+            f"layer, {floor['floor_gflops']:.0f} GFLOP/s): {row['ratio_to_floor']:.2f}x, "
             f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
   return rows
 

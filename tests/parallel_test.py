@@ -156,3 +156,15 @@ def test_launchers_parse_and_call_the_entry_point(script):
   process = subprocess.run(["bash", str(path)], capture_output=True, text=True, check=False,
                            env=_env(PYTHON="false"))
   assert process.returncode != 0 and "usage:" in process.stderr
+
+
+def test_the_gpu_launcher_names_the_install_line_without_a_gpu(tmp_path):
+  """On a CPU-only install, launch/single_gpu.sh stops before training, exit 2, and says how
+  to install the CUDA extra."""
+  process = subprocess.run(["bash", str(REPO / "launch" / "single_gpu.sh"),
+                            "launch/ptb_tiny.flags", str(tmp_path / "run")], cwd=REPO,
+                           capture_output=True, text=True, check=False,
+                           env=_env(PYTHON=sys.executable, JAX_PLATFORMS="cpu"))
+  assert process.returncode == 2, process.stderr[-2000:]
+  assert ".[cuda13]" in process.stderr and "Traceback" not in process.stderr
+  assert not (tmp_path / "run").exists()
