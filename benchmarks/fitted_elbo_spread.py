@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
-from srlm import parallel  # pylint: disable=wrong-import-position
 from srlm import runs  # pylint: disable=wrong-import-position
 from srlm import step_sizes  # pylint: disable=wrong-import-position
 
@@ -34,13 +33,14 @@ def main(argv):
   config = config_lib.load_run_config(_WORKDIR.value)
   run = runs.restore_trained(config, _WORKDIR.value)
   fitted = step_sizes.with_fitted(_WORKDIR.value, run)
-  mesh = parallel.make_mesh(0)
+  schedules = {name: np.log(np.asarray(r.method.chain.step_sizes(r.params)))
+               for name, r in (("run", run), ("fitted", fitted))}
   rows = []
   for split in ("valid", "test"):
     sentences = run.corpus.splits[split].head(_SENTENCES.value)
-    values = {name: step_sizes.split_elbos(config, run, params, sentences, mesh,
+    values = {name: step_sizes.split_elbos(config, run, log_step_sizes, sentences,
                                            jax.random.key(0))
-              for name, params in (("run", run.params), ("fitted", fitted.params))}
+              for name, log_step_sizes in schedules.items()}
     gain = values["fitted"] - values["run"]
     row = {"split": split, "sentences": len(sentences),
            "mean_run": float(values["run"].mean()), "mean_fitted": float(values["fitted"].mean()),
