@@ -239,13 +239,22 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+USAGE = """srlm: latent-variable text generators trained with short-run inference.
+
+  python -m srlm.main --flagfile=launch/ptb.flags --workdir=DIR [--config.<section>.<field>=V]
+  python -m srlm.main --mode=eval --workdir=DIR [--config.eval.split=valid ...]
+
+Re-running the same training command resumes from the workdir's latest checkpoint. Exit codes:
+0 done; 2 a user error (bad flags, flagfiles, files, configs or checkpoints: one line, no
+traceback); 3 training diverged; 4 the disk is full; 128 + N stopped by signal N after saving
+a checkpoint."""
 
 
 def help_text() -> str:
   """The srlm flags and every config field, readably (absl's help shows --config as a repr)."""
   flag_values = flags.FlagValues()
   _define_flags(flag_values)
-  lines = [__doc__, "Flags:", "  --flagfile=FILE: flags from FILE, one per line; a flagfile may "
+  lines = [USAGE, "", "Flags:", "  --flagfile=FILE: flags from FILE, one per line; a flagfile may "
            "include others."]
   for name in ("workdir", "mode", "distributed"):
     flag = flag_values[name]
