@@ -413,7 +413,7 @@ def run() -> None:
   handlers (the distributed runtime's shutdown) run."""
   _quiet_checkpoint_io_noise()
   code = main(sys.argv)
-  if code in (EXIT_OK,) or code > 128:
+  if code == EXIT_OK or code > 128:
     sys.exit(code)
   logging_std.shutdown()
   sys.stdout.flush()

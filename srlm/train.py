@@ -42,11 +42,8 @@ def make_train_step(method: methods.Method, mesh: jax.sharding.Mesh | None = Non
   state and metrics it returns are replicated on it (batches come sharded, see
   srlm.parallel). With donate, the state passed in is consumed (its buffers hold the new one):
   use only the returned state."""
-  return _jit_step(method.train_step, mesh, donate)
-
-
-def _jit_step(train_step: base.TrainStepFn, mesh: jax.sharding.Mesh | None, donate: bool = True):
-  return parallel.jit_replicated(train_step, mesh, donate_argnames="state" if donate else ())
+  return parallel.jit_replicated(method.train_step, mesh,
+                                 donate_argnames="state" if donate else ())
 
 
 def summarize_train(metrics: list[dict[str, np.ndarray]],
@@ -205,7 +202,8 @@ def _loop_step(method: methods.Method, config: Config, train_split: pipeline.Spl
       yield {**batch, "epoch": np.int32(0)}
 
   return method.make_loop_step(base.LoopContext(
-      jit=lambda fn: _jit_step(fn, mesh), random_batches=random_batches, rng=train_rng))
+      jit=lambda fn: parallel.jit_replicated(fn, mesh, donate_argnames="state"),
+      random_batches=random_batches, rng=train_rng))
 
 
 def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: methods.Method,

@@ -126,6 +126,21 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, t
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_random_batches_are_a_function_of_their_entropy(tiny_config):
+  """The aggressive VAE's inner batches and fit_step_sizes' sub-batches: the same entropy (a
+  resumed run's) gives the same batches, another entropy others, all from the split's plan."""
+  split = pipeline.load_corpus(tiny_config.data).splits["train"]
+  mesh = parallel.make_mesh(1)
+  draw = lambda entropy: [next(stream)["inputs"] for stream in
+                          [parallel.random_batches(split, (22, 84), 8, mesh, entropy)]
+                          for _ in range(6)]
+  first, again, other = draw((0, 5, 1)), draw((0, 5, 1)), draw((0, 6, 1))
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  assert any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(first, other))
+  assert all(batch.shape[0] == 8 and batch.shape[1] in (21, 83) for batch in first)
+
+
 def test_batch_sizes_must_split_evenly_over_devices():
   mesh = jax.sharding.AbstractMesh((4,), (parallel.DATA_AXIS,))
   parallel.check_batch_size(8, mesh, "data.batch_size")
