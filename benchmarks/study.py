@@ -1,20 +1,31 @@
 """The methods side by side, on one budget: LSTM-LM, VAE, VAE with KL annealing, VAE with free
 bits, SA-VAE, SRI with the hand-set step sizes (and with step sizes fitted after training),
-SRI with learned step sizes. Every run trains from its launch/ptb_*.flags for the same number
-of epochs on the same sentences, then is evaluated on the same test sentences with the same M:
-ELBO, importance-sampled NLL, PPL, KL, MI, AU, REC.
+SRI with the decoder's gradient accumulated over the chain (the authors' code), SRI with
+learned step sizes. Every run trains from its launch/ptb_*.flags for the same number of epochs
+on the same sentences, then is evaluated on the same test sentences twice:
+  * with each method's own estimator at the same M: ELBO, importance-sampled NLL, PPL, KL, MI,
+    AU, REC (--mode=eval);
+  * with AIS from the prior, the same N, C, L for every latent method (docs/method.md §9;
+    --mode=eval --config.eval.estimator=ais); the LM's NLL is exact;
+and BDMC bounds the AIS error at that N on the hand-set SRI and the free-bits VAE
+(--mode=bdmc). Methods are compared by paired per-sentence differences of their AIS NLLs
+(the same sentences for all) with standard errors.
 
-    launch/study.sh --scale=small   # a PTB slice and smaller models: ~1 hour on a 2-core CPU
-    launch/study.sh --scale=paper   # the flagfiles as they are: full PTB, for a GPU
+    launch/study.sh --scale=small              # a PTB slice, smaller models: the CPU study
+    launch/study.sh --scale=small --budget=4   # 4x the training sentences (LM, VAE + free
+                                               # bits, both SRI conventions), same epochs
+    launch/study.sh --scale=paper              # the flagfiles as they are: full PTB, a GPU
 
-Each run is `python -m srlm.main` in WORKDIR/<run> (default workdirs/study_<scale>); a run
-already trained there is resumed (or just re-evaluated). Writes
-benchmarks/results/study_<scale>_<backend>.json and prints a Markdown table. ELBO is
--(REC + KL) as --mode=eval estimates them (for SRI, under the short-run density with its exact
-log-det); for the LM, which has no latent, that is its exact log-likelihood.
+Each run is `python -m srlm.main` in WORKDIR/<run> (default workdirs/study_<scale>, with
+_x<budget> for a larger budget); a run already trained or evaluated there is resumed or
+skipped, so the study can span sessions. Writes
+benchmarks/results/study_<scale>[_x<budget>]_<backend>.json and prints Markdown tables. ELBO
+is -(REC + KL) as --mode=eval estimates them (for SRI, under the short-run density with its
+exact log-det); for the LM, which has no latent, that is its exact log-likelihood.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +41,8 @@ _SCALE = flags.DEFINE_enum("scale", "small", ["small", "paper"], "Study size (se
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the runs go; default workdirs/study_<scale>.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these runs (names below; --only=none: just "
                           "the table); the table reads all.")
+_BUDGET = flags.DEFINE_integer("budget", 1, "Training sentences as a multiple of the scale's "
+                               "(same epochs); above 1 only BUDGET_RUNS are trained.")
 
 # name -> (flagfile, extra flags, what it is). Each VAE variant is its launch flagfile.
 RUNS = {
@@ -41,6 +54,8 @@ RUNS = {
     "vae_fb": ("launch/ptb_vae_fb.flags", [], "VAE + KL annealing + free bits"),
     "savae": ("launch/ptb_savae.flags", [], "SA-VAE"),
     "sri": ("launch/ptb.flags", [], "SRI, hand-set step sizes"),
+    "sri_accumulated": ("launch/ptb.flags", ["--config.train.gradient=accumulated"],
+                        "SRI, hand-set, gradient accumulated over the chain (authors' code)"),
     "sri_learned": ("launch/ptb_sri_learned.flags", [], "SRI, learned step sizes"),
 }
 
@@ -61,6 +76,19 @@ SCALES = {
 # Evaluation: the same M (importance samples, i.e. chains or draws of q) and S for every run.
 EVAL = {"small": ["--config.eval.num_samples=10", "--config.eval.num_posterior_chains=10"],
         "paper": ["--config.eval.num_samples=100", "--config.eval.num_posterior_chains=10"]}
+# AIS: the same for every latent run. small: N = 500 (BDMC's gap at N = 500 on the hand-set SRI
+# and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on the same
+# first 200 test sentences as EVAL; paper: the whole test split.
+AIS = {"small": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
+                 "--config.eval.ais_leapfrog=1"],
+       "paper": ["--config.eval.ais_steps=1000", "--config.eval.ais_chains=4",
+                 "--config.eval.ais_leapfrog=1"]}
+BDMC = {"small": ["--config.eval.bdmc_steps=(100,500)", "--config.eval.bdmc_sentences=32"],
+        "paper": ["--config.eval.bdmc_steps=(100,1000,5000)",
+                  "--config.eval.bdmc_sentences=64"]}
+BDMC_RUNS = ("sri", "vae_fb")
+# The runs of a larger budget: the LM, the VAE that keeps a latent, both SRI conventions.
+BUDGET_RUNS = ("lm", "vae_fb", "sri", "sri_accumulated")
 
 
 def _srlm(args: list[str], log_path: str) -> float:
@@ -85,40 +113,134 @@ def _read(path: str) -> dict:
 def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> dict:
   result = _read(os.path.join(workdir, eval_file))
   elbo = -(result["rec"] + result["kl"])  # the LM's REC is its NLL, its KL 0
-  return {"run": name, "method": label, "kind": result["model_kind"], "elbo": elbo,
-          "nll": result["nll"], "ppl": result["ppl"], "kl": result["kl"], "mi": result["mi"],
-          "au": result["au"], "rec": result["rec"], "num_sentences": result["num_sentences"],
-          "num_samples": result["num_samples"], "checkpoint_step": result["checkpoint_step"],
-          "step_sizes": result.get("step_sizes"), **seconds}
+  row = {"run": name, "method": label, "kind": result["model_kind"], "elbo": elbo,
+         "nll": result["nll"], "ppl": result["ppl"], "kl": result["kl"], "mi": result["mi"],
+         "au": result["au"], "rec": result["rec"], "num_sentences": result["num_sentences"],
+         "num_samples": result["num_samples"], "checkpoint_step": result["checkpoint_step"],
+         "step_sizes": result.get("step_sizes"), **seconds}
+  ais_path = os.path.join(workdir, "eval_test_ais.json")
+  if eval_file == "eval_test.json" and os.path.exists(ais_path):
+    ais = _read(ais_path)
+    row.update(ais_nll=ais["nll"], ais_ppl=ais["ppl"], ais_kl=ais["kl"], ais_rec=ais["rec"],
+               ais_acceptance_rate=ais["ais_acceptance_rate"], ais_ess=ais["ais_ess"],
+               ais_estimator=ais["estimator"], ais_seconds=ais["nll_seconds"],
+               ais_sentence_lines=ais["sentence_lines"], ais_sentence_nll=ais["sentence_nll"])
+  bdmc_path = os.path.join(workdir, "bdmc.json")
+  if eval_file == "eval_test.json" and os.path.exists(bdmc_path):
+    row["bdmc"] = _read(bdmc_path)
+  return row
+
+
+def paired_difference(a: dict, b: dict) -> dict | None:
+  """Mean and standard error of row a's AIS NLL minus row b's, sentence by sentence."""
+  if "ais_sentence_nll" not in a or "ais_sentence_nll" not in b:
+    return None
+  if a["ais_sentence_lines"] != b["ais_sentence_lines"]:
+    raise SystemExit(f"study: {a['run']} and {b['run']} were scored on different sentences")
+  d = [x - y for x, y in zip(a["ais_sentence_nll"], b["ais_sentence_nll"])]
+  mean = sum(d) / len(d)
+  se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+  return {"a": a["run"], "b": b["run"], "mean": mean, "stderr": se, "num_sentences": len(d)}
+
+
+def _scale_flags(scale: str, budget: int) -> list[str]:
+  if budget == 1:
+    return SCALES[scale]
+  flags_out = []
+  for flag in SCALES[scale]:
+    if flag.startswith("--config.data.max_train_sentences="):
+      flag = f"--config.data.max_train_sentences={int(flag.split('=')[1]) * budget}"
+    flags_out.append(flag)
+  if scale == "paper":
+    raise SystemExit("study: --budget applies to --scale=small (paper uses all of PTB)")
+  return flags_out
+
+
+def _run_all(scale: str, budget: int, root: str) -> None:
+  times_path = os.path.join(root, "seconds.json")
+  times = _read(times_path) if os.path.exists(times_path) else {}
+  names = [n for n in RUNS if (budget == 1 or n in BUDGET_RUNS)
+           and (not _ONLY.value or n in _ONLY.value)]
+  for name in names:
+    flagfile, extra, label = RUNS[name]
+    workdir = os.path.join(root, name)
+    log = os.path.join(root, f"{name}.log")
+    times.setdefault(name, {})
+
+    def done(file_name: str) -> bool:
+      return os.path.exists(os.path.join(workdir, file_name))
+
+    def save():
+      with open(times_path, "w") as f:
+        json.dump(times, f, indent=2)
+
+    print(f"study: {label}: training in {workdir} (log {log})", flush=True)
+    train_args = [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
+                  f"--workdir={workdir}"]
+    # Summed over invocations: a resumed run's seconds add to its first ones.
+    times[name]["train_s"] = times[name].get("train_s", 0.0) + _srlm(train_args, log)
+    save()
+    eval_args = ["--mode=eval", f"--workdir={workdir}", "--config.eval.split=test",
+                 *EVAL[scale]]
+    if not done("eval_test.json"):
+      times[name]["eval_s"] = _srlm(eval_args, log)
+      save()
+    if name == "sri" and budget == 1 and not done("eval_test_fitted.json"):
+      # the hand-set run's step sizes, fitted after training
+      times["sri_fitted"] = {
+          "fit_s": _srlm(["--mode=fit_step_sizes", f"--workdir={workdir}"], log),
+          "eval_s": _srlm([*eval_args, "--config.eval.step_sizes=fitted"], log)}
+      save()
+    if not done("eval_test_ais.json"):
+      print(f"study: {label}: AIS", flush=True)
+      times[name]["ais_s"] = _srlm([*eval_args, "--config.eval.estimator=ais", *AIS[scale]],
+                                   log)
+      save()
+    if name in BDMC_RUNS and not done("bdmc.json"):
+      print(f"study: {label}: BDMC", flush=True)
+      times[name]["bdmc_s"] = _srlm(["--mode=bdmc", f"--workdir={workdir}", *AIS[scale],
+                                     *BDMC[scale]], log)
+      save()
+    print(f"study: {label}: done ({times[name]})", flush=True)
+
+
+def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
+  print("| method | ELBO | IS-NLL | AIS-NLL | AIS - LM (paired) | PPL (AIS) | KL | MI | AU | "
+        "REC | train min | eval min | AIS min |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  versus_lm = {p["a"]: p for p in pairs if p["b"] == "lm"}
+  for r in rows:
+    minutes = (f"{r['train_s'] / 60:.1f}" if "train_s" in r else
+               f"(fit {r['fit_s'] / 60:.1f})" if "fit_s" in r else "")
+    eval_minutes = f"{r['eval_s'] / 60:.1f}" if "eval_s" in r else ""
+    ais_minutes = f"{r['ais_seconds'] / 60:.1f}" if "ais_seconds" in r else ""
+    ais_nll = f"{r['ais_nll']:.2f}" if "ais_nll" in r else ""
+    ais_ppl = f"{r['ais_ppl']:.1f}" if "ais_ppl" in r else ""
+    pair = versus_lm.get(r["run"])
+    diff = f"{pair['mean']:+.2f} ± {pair['stderr']:.2f}" if pair else ""
+    mi = "" if r["mi"] is None else f"{r['mi']:.2f}"
+    print(f"| {r['method']} | {r['elbo']:.2f} | {r['nll']:.2f} | {ais_nll} | {diff} | "
+          f"{ais_ppl} | {r['kl']:.2f} | {mi} | {r['au']} | {r['rec']:.2f} | {minutes} | "
+          f"{eval_minutes} | {ais_minutes} |")
+  for r in rows:
+    if "bdmc" in r:
+      for b in r["bdmc"]["rows"]:
+        print(f"BDMC {r['run']} N={b['ais_steps']}: upper {b['upper']:.2f} lower "
+              f"{b['lower']:.2f} gap {b['gap']:.2f} ± {b['gap_stderr']:.2f} "
+              f"({r['bdmc']['num_sentences']} model sentences)")
+  for p in pairs:
+    print(f"paired AIS NLL {p['a']} - {p['b']}: {p['mean']:+.2f} ± {p['stderr']:.2f} nats "
+          f"({p['num_sentences']} sentences)")
 
 
 def main(argv):
   del argv
-  scale = _SCALE.value
-  root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}")
+  scale, budget = _SCALE.value, _BUDGET.value
+  suffix = "" if budget == 1 else f"_x{budget}"
+  root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
   os.makedirs(root, exist_ok=True)
-  times_path = os.path.join(root, "seconds.json")
-  times = _read(times_path) if os.path.exists(times_path) else {}
-  for name, (flagfile, extra, label) in RUNS.items():
-    if _ONLY.value and name not in _ONLY.value:
-      continue
-    workdir = os.path.join(root, name)
-    log = os.path.join(root, f"{name}.log")
-    print(f"study: {label}: training in {workdir} (log {log})", flush=True)
-    train_args = [f"--flagfile={flagfile}", *extra, *SCALES[scale], f"--workdir={workdir}"]
-    # Summed over invocations: a resumed run's seconds add to its first ones.
-    times[name] = {"train_s": times.get(name, {}).get("train_s", 0.0) + _srlm(train_args, log)}
-    eval_args = ["--mode=eval", f"--workdir={workdir}", "--config.eval.split=test",
-                 *EVAL[scale]]
-    times[name]["eval_s"] = _srlm(eval_args, log)
-    if name == "sri":  # the hand-set run's step sizes, fitted after training
-      times["sri_fitted"] = {
-          "fit_s": _srlm(["--mode=fit_step_sizes", f"--workdir={workdir}"], log),
-          "eval_s": _srlm([*eval_args, "--config.eval.step_sizes=fitted"], log)}
-    with open(times_path, "w") as f:
-      json.dump(times, f, indent=2)
-    print(f"study: {label}: done ({times[name]})", flush=True)
-
+  _run_all(scale, budget, root)
+  times = _read(os.path.join(root, "seconds.json"))
   rows = []
   for name, (_, _, label) in RUNS.items():
     workdir = os.path.join(root, name)
@@ -132,19 +254,19 @@ def main(argv):
       fitted.update(valid_elbo_before=fit["valid_elbo_before"],
                     valid_elbo_after=fit["valid_elbo_after"])
       rows.append(fitted)
+  by_run = {r["run"]: r for r in rows}
+  pairs = [p for p in (
+      [paired_difference(r, by_run["lm"]) for r in rows if r["run"] != "lm" and "lm" in by_run]
+      + [paired_difference(by_run[a], by_run[b]) for a, b in (
+          ("sri", "vae_fb"), ("sri_accumulated", "sri"), ("sri_accumulated", "vae_fb"),
+          ("sri_learned", "sri")) if a in by_run and b in by_run]) if p]
   flags_used = {name: [RUNS[name][0], *RUNS[name][1]] for name in RUNS}
-  path = common.write_result(f"study_{scale}", {
-      "command": f"launch/study.sh --scale={scale}", "scale_flags": SCALES[scale],
-      "eval_flags": EVAL[scale], "runs": flags_used, "workdir": root, "rows": rows})
-  print("| method | ELBO | IS-NLL | PPL | KL | MI | AU | REC | train min | eval min |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    minutes = (f"{r['train_s'] / 60:.1f}" if "train_s" in r else
-               f"(fit {r['fit_s'] / 60:.1f})" if "fit_s" in r else "")
-    eval_minutes = f"{r['eval_s'] / 60:.1f}" if "eval_s" in r else ""
-    print(f"| {r['method']} | {r['elbo']:.2f} | {r['nll']:.2f} | {r['ppl']:.1f} | "
-          f"{r['kl']:.2f} | {r['mi']:.2f} | {r['au']} | {r['rec']:.2f} | {minutes} | "
-          f"{eval_minutes} |")
+  path = common.write_result(f"study_{scale}{suffix}", {
+      "command": f"launch/study.sh --scale={scale}" + (f" --budget={budget}" if suffix else ""),
+      "scale_flags": _scale_flags(scale, budget), "eval_flags": EVAL[scale],
+      "ais_flags": AIS[scale], "bdmc_flags": BDMC[scale], "runs": flags_used, "workdir": root,
+      "rows": rows, "paired_ais_differences": pairs})
+  _print_tables(rows, pairs)
   print(f"wrote {path}")
 
 

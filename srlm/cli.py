@@ -174,12 +174,24 @@ def _eval(config, workdir, mesh) -> tuple[int, str]:
       f"{result['num_sentences']} sentences, {result['num_tokens']} tokens, "
       f"{result['model_kind']}, {result['nll_samples']}\n"
       f"  NLL {result['nll']:.2f}  PPL {result['ppl']:.2f}  KL {result['kl']:.2f}  "
-      f"MI {result['mi']:.3f}  AU {result['au']}  REC {result['rec']:.2f}\n"
+      f"MI {'-' if result['mi'] is None else format(result['mi'], '.3f')}  AU {result['au']}  "
+      f"REC {result['rec']:.2f}\n"
+      + (f"  AIS: acceptance rate {result['ais_acceptance_rate']:.2f}, effective sample size "
+         f"{result['ais_ess']:.2f} of {result['ais_chains']} chains\n"
+         if config.eval.estimator == "ais" and result["ais_acceptance_rate"] is not None
+         else "")
       + (f"  non-finite NLL for {result['non_finite_nll_sentences']} sentence(s), source "
          f"lines {result['non_finite_nll_lines'][:10]} (all in the JSON)\n"
          if result["non_finite_nll_sentences"] else "")
       + (f"  {result['method_note']}\n" if result["method_note"] else "")
       + f"  written to {result['path']}")
+
+
+def _bdmc(config, workdir, mesh) -> tuple[int, str]:
+  from srlm import evaluate  # pylint: disable=import-outside-toplevel
+  result = evaluate.bdmc_workdir(config, workdir, mesh)
+  return EXIT_OK, (f"{evaluate.bdmc_table(result)}\n  (checkpoint step "
+                   f"{result['checkpoint_step']}; written to {result['path']})")
 
 
 def _fit_step_sizes(config, workdir, mesh) -> tuple[int, str]:
@@ -209,7 +221,12 @@ MODES = {
     "train": Mode(_train, "train or resume the run in --workdir (training_curves.png is "
                   "redrawn each epoch)"),
     "eval": Mode(_eval, "writes eval_<split>.json (importance-sampled NLL/PPL, KL, MI, AU, "
-                 "REC; with --config.eval.step_sizes=fitted, eval_<split>_fitted.json)"),
+                 "REC; with --config.eval.step_sizes=fitted, eval_<split>_fitted.json; with "
+                 "--config.eval.estimator=ais, the AIS estimate, the same for every latent "
+                 "method, in eval_<split>_ais.json)"),
+    "bdmc": Mode(_bdmc, "(latent models) bounds the AIS error from both sides on sentences "
+                 "sampled from the model, for each N of --config.eval.bdmc_steps, and writes "
+                 "bdmc.json"),
     "fit_step_sizes": Mode(_fit_step_sizes, "(SRI runs) fits the chain's step sizes to the "
                            "validation split with the decoder fixed and writes "
                            "step_sizes/fitted_<step>.json"),

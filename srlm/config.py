@@ -157,6 +157,22 @@ class EvalConfig:
   # learned), or "fitted" (those --mode=fit_step_sizes saved for the checkpoint; the result
   # goes to eval_<split>_fitted.json).
   step_sizes: str = "run"
+  # The NLL estimator: "is", each method's own importance sampling (eval_<split>.json); or
+  # "ais", annealed importance sampling from the prior, the same for every latent method
+  # (docs/method.md §9; eval_<split>_ais.json). The LM's NLL is exact under either.
+  estimator: str = "is"
+  # AIS: N intermediate distributions (a sigmoid schedule), C chains per sentence, L leapfrog
+  # steps per HMC transition (1: MALA), the transitions' initial step size (each chain then
+  # adapts its own towards 0.65 acceptance).
+  ais_steps: int = 500
+  ais_chains: int = 4
+  ais_leapfrog: int = 1
+  ais_step_size: float = 0.05
+  # --mode=bdmc: sentences sampled from the model (z ~ p(z), x ~ p(x | z)), bounded from both
+  # sides by forward and reverse AIS at each N of bdmc_steps (C, L as for AIS).
+  bdmc_sentences: int = 32
+  bdmc_steps: tuple[int, ...] = (10, 100, 500)
+  bdmc_seed: int = 0
 
 
 @dataclasses.dataclass
@@ -222,6 +238,7 @@ GRADIENTS = ("final", "accumulated")
 OVERLONG = ("drop", "truncate")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EVAL_STEP_SIZES = ("run", "fitted")
+ESTIMATORS = ("is", "ais")
 
 
 def _check(ok: bool, flag: str, message: str):
@@ -291,6 +308,17 @@ def validate(config: Config) -> Config:
   _check(e.num_posterior_chains >= 2, "eval.num_posterior_chains",
          f"must be >= 2 (a variance needs two chains), got {e.num_posterior_chains}")
   _check(e.max_sentences >= 0, "eval.max_sentences", "must be >= 0 (0: whole split)")
+  _check(e.estimator in ESTIMATORS, "eval.estimator",
+         f"must be one of {ESTIMATORS}, got {e.estimator!r}")
+  _check(not (e.estimator == "ais" and e.step_sizes == "fitted"), "eval.step_sizes",
+         "fitted step sizes are the method's own chains; AIS (--config.eval.estimator=ais) "
+         "uses none of them")
+  for name in ("ais_steps", "ais_chains", "ais_leapfrog", "bdmc_sentences"):
+    _check(getattr(e, name) >= 1, f"eval.{name}", f"must be >= 1, got {getattr(e, name)}")
+  _check(0 < e.ais_step_size <= 0.5, "eval.ais_step_size",
+         f"must be in (0, 0.5] (the adapted step size's range), got {e.ais_step_size}")
+  _check(len(e.bdmc_steps) >= 1 and all(n >= 1 for n in e.bdmc_steps), "eval.bdmc_steps",
+         f"must be one or more AIS step counts >= 1, got {e.bdmc_steps}")
   a = config.analysis
   _check(a.temperature >= 0, "analysis.temperature", "must be >= 0 (0: greedy)")
   _check(0 <= a.top_k, "analysis.top_k", "must be >= 0 (0: no restriction)")

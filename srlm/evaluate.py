@@ -26,14 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srlm import ais
 from srlm import config as config_lib
 from srlm import methods
 from srlm import parallel
 from srlm import reporting
 from srlm import runs
+from srlm import sampling
 from srlm import step_sizes
 from srlm.config import Config
 from srlm.data import pipeline
+from srlm.data.vocab import BOS_ID, EOS_ID
+from srlm.errors import UserError
 
 AU_THRESHOLD = 0.01
 
@@ -113,52 +117,87 @@ def reconstruction(config: Config, method: methods.Method, params, split: pipeli
           {f"{key}_per_sentence": total / num_sentences for key, total in totals.items()})
 
 
+def _per_sentence(step, params, split: pipeline.Split, config: Config, batch_size: int,
+                  mesh: jax.sharding.Mesh, rng: jax.Array, label: str
+                  ) -> tuple[dict[str, np.ndarray], float]:
+  """Runs step(params, batch, key) (jitted by the caller) over the split with progress and an
+  ETA; returns each output key's per-sentence values in split order, and the seconds."""
+  values: dict[str, np.ndarray] = {}
+  progress = {"done": 0, "nll": 0.0}
+
+  def status() -> str:
+    return f"NLL/sentence so far {progress['nll'] / max(progress['done'], 1):.2f}"
+
+  start = time.time()
+  for indices, out in parallel.map_split(
+      lambda batch, key: step(params, batch, key), split, config.data.buckets, batch_size,
+      mesh, rng, label=label, status=status):
+    for key, value in out.items():
+      if key not in values:
+        values[key] = np.zeros((len(split),) + value.shape[1:], value.dtype)
+      values[key][indices] = value
+    progress["nll"] += float(np.sum(out["nll"]))
+    progress["done"] += len(indices)
+  return values, time.time() - start
+
+
+def _nll_summary(split: pipeline.Split, values: dict[str, np.ndarray], seconds: float
+                 ) -> dict[str, Any]:
+  """NLL, PPL, KL, REC of per-sentence values (docs/method.md §4), the sentences whose NLL is
+  not finite (named by source line, and warned about), and every sentence's NLL (for paired
+  comparisons of methods or estimators on the same sentences)."""
+  nll, num_sentences, num_tokens = values["nll"], len(split), split.num_tokens
+  non_finite_lines = sorted(int(line) for line in split.lines[~np.isfinite(nll)])
+  if non_finite_lines:
+    logging.warning("eval %s: the NLL of %d sentence(s) is not finite (NaN or inf), so the "
+                    "split's NLL and PPL are not either; source lines: %s", split.name,
+                    len(non_finite_lines), non_finite_lines[:20])
+  total = float(np.sum(nll, dtype=np.float64))
+  return {
+      "split": split.name,
+      "nll": total / num_sentences,
+      "ppl": reporting.safe_exp(total / num_tokens),
+      "nll_per_token": total / num_tokens,
+      "kl": float(np.sum(values["kl"], dtype=np.float64)) / num_sentences,
+      "rec": float(np.sum(values["rec"], dtype=np.float64)) / num_sentences,
+      "num_sentences": num_sentences,
+      "num_tokens": num_tokens,
+      "nll_seconds": seconds,
+      # Line numbers in the split's source file (1-based), at most 1,000.
+      "non_finite_nll_sentences": len(non_finite_lines),
+      "non_finite_nll_lines": non_finite_lines[:1000],
+      # Every sentence's NLL, by its source line.
+      "sentence_lines": [int(line) for line in split.lines],
+      "sentence_nll": [float(v) for v in nll],
+  }
+
+
+def _eval_split(config: Config, split: pipeline.Split) -> pipeline.Split:
+  ecfg = config.eval
+  if ecfg.max_sentences and ecfg.max_sentences < len(split):
+    return split.head(ecfg.max_sentences)
+  return split
+
+
 def evaluate_split(config: Config, method: methods.Method, params, split: pipeline.Split,
                    rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set),
   with the settings the method reports (`Report.eval_settings`). mesh: None builds it from
   config.parallel."""
   ecfg = config.eval
-  if ecfg.max_sentences and ecfg.max_sentences < len(split):
-    split = split.head(ecfg.max_sentences)
+  split = _eval_split(config, split)
   nll_rng, latent_rng = jax.random.split(rng)
   mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
-  nll_step = parallel.jit_replicated(method.nll_step, mesh)
-  totals = {"nll": 0.0, "kl": 0.0, "rec": 0.0}
-  non_finite_lines: list[int] = []  # source lines of sentences whose NLL is NaN or inf
-  done, start = 0, time.time()
-
-  def status() -> str:
-    return f"NLL/sentence so far {totals['nll'] / max(done, 1):.2f}"
-
-  for indices, out in parallel.map_split(
-      lambda batch, key: nll_step(params, batch, key), split, config.data.buckets,
-      ecfg.batch_size, mesh, nll_rng, label=f"eval {split.name}", status=status):
-    for key in totals:
-      totals[key] += float(np.sum(out[key]))
-    non_finite_lines += [int(split.lines[i]) for i in indices[~np.isfinite(out["nll"])]]
-    done += len(indices)
-  nll_seconds = time.time() - start
-  non_finite_lines.sort()
-  if non_finite_lines:
-    logging.warning("eval %s: the NLL of %d sentence(s) is not finite (NaN or inf), so the "
-                    "split's NLL and PPL are not either; source lines: %s", split.name,
-                    len(non_finite_lines), non_finite_lines[:20])
+  values, seconds = _per_sentence(parallel.jit_replicated(method.nll_step, mesh), params,
+                                  split, config, ecfg.batch_size, mesh, nll_rng,
+                                  f"eval {split.name}")
   latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size, mesh)
   settings = method.report.eval_settings(params)
-  num_sentences, num_tokens = len(split), split.num_tokens
   return {
-      "split": split.name,
-      "nll": totals["nll"] / num_sentences,
-      "ppl": reporting.safe_exp(totals["nll"] / num_tokens),
-      "nll_per_token": totals["nll"] / num_tokens,
-      "kl": totals["kl"] / num_sentences,
-      "rec": totals["rec"] / num_sentences,
+      **_nll_summary(split, values, seconds),
       "mi": latent["mi"],
       "au": latent["au"],
-      "num_sentences": num_sentences,
-      "num_tokens": num_tokens,
       "num_samples": ecfg.num_samples,
       **settings,
       "model_kind": method.name,
@@ -168,32 +207,202 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
       "method_note": method.report.eval_note(settings),
       "au_threshold": AU_THRESHOLD,
       "posterior_mean_variance": latent["posterior_mean_variance"],
-      "nll_seconds": nll_seconds,
-      # Line numbers in the split's source file (1-based), at most 1,000.
-      "non_finite_nll_sentences": len(non_finite_lines),
-      "non_finite_nll_lines": non_finite_lines[:1000],
+  }
+
+
+def ais_settings(config: Config) -> dict[str, Any]:
+  ecfg = config.eval
+  return {"ais_steps": ecfg.ais_steps, "ais_chains": ecfg.ais_chains,
+          "ais_leapfrog": ecfg.ais_leapfrog, "ais_step_size": ecfg.ais_step_size,
+          "ais_target_acceptance": ais.TARGET_ACCEPTANCE, "ais_schedule": "sigmoid",
+          "ais_schedule_sharpness": ais.SCHEDULE_SHARPNESS}
+
+
+def ais_estimator_text(config: Config) -> str:
+  ecfg = config.eval
+  return (f"annealed importance sampling from the prior (docs/method.md §9): "
+          f"N={ecfg.ais_steps} intermediate distributions (sigmoid schedule), "
+          f"C={ecfg.ais_chains} chains per sentence, HMC with L={ecfg.ais_leapfrog} leapfrog "
+          f"step(s) and per-chain adaptive step sizes (target acceptance "
+          f"{ais.TARGET_ACCEPTANCE}); KL and REC under the weighted chain ends (importance "
+          f"samples of the posterior); AU and MI from their weighted moments")
+
+
+def evaluate_split_ais(config: Config, method: methods.Method, params, split: pipeline.Split,
+                       rng: jax.Array, mesh: jax.sharding.Mesh | None = None
+                       ) -> dict[str, Any]:
+  """The AIS estimate of -log p(x) (docs/method.md §9) on a split, the same for every method
+  with a latent (it uses only Latent.log_likelihood, never the method's own posterior); the
+  keys of `evaluate_split` plus the chains' acceptance rate, the effective sample size of
+  their weights and the settings. A method without a latent (the LM) has an exact NLL: that
+  is reported, and said."""
+  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
+  if method.latent is None:
+    result = evaluate_split(config, method, params, split, rng, mesh)
+    return {**result, **ais_settings(config),
+            "estimator": f"{result['estimator']}: the NLL is exact, so AIS is not run",
+            "ais_acceptance_rate": None, "ais_ess": None}
+  ecfg = config.eval
+  split = _eval_split(config, split)
+  parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
+  step = ais.make_nll_step(method.latent.log_likelihood, method.latent_dim, ecfg.ais_steps,
+                           ecfg.ais_chains, ecfg.ais_leapfrog, ecfg.ais_step_size)
+  ais_rng, mi_rng = jax.random.split(rng)
+  values, seconds = _per_sentence(
+      parallel.jit_replicated(step, mesh), params, split, config, ecfg.batch_size, mesh,
+      ais_rng, f"eval {split.name} (AIS, N={ecfg.ais_steps}, C={ecfg.ais_chains})")
+  means, variances = values["posterior_mean"], values["posterior_variance"]
+  return {
+      **_nll_summary(split, values, seconds),
+      "mi": mutual_information(means, variances, mi_rng) if ecfg.ais_chains > 1 else None,
+      "au": active_units(means),
+      "num_samples": ecfg.ais_chains,
+      **ais_settings(config),
+      "ais_acceptance_rate": float(np.mean(values["acceptance_rate"])),
+      # Of the chains' weights, per sentence: from 1 (one chain has all the weight) to C.
+      "ais_ess": float(np.mean(values["ess"])),
+      "model_kind": method.name,
+      "estimator": ais_estimator_text(config),
+      "nll_samples": f"C={ecfg.ais_chains} AIS chains of N={ecfg.ais_steps} steps per sentence",
+      "method_note": "",
+      "au_threshold": AU_THRESHOLD,
+      "posterior_mean_variance": np.var(means, axis=0).tolist(),
+      "seconds_per_sentence_per_1000_steps": seconds / len(split) * 1000 / ecfg.ais_steps,
   }
 
 
 def evaluate_workdir(config: Config, workdir: str,
                      mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
-  WORKDIR/eval_<split>.json (eval_<split>_fitted.json with --config.eval.step_sizes=fitted:
-  the chain's step sizes from --mode=fit_step_sizes). Raises UserError for a missing
-  checkpoint, fitted file or a bad split."""
+  WORKDIR/eval_<split>.json: eval_<split>_fitted.json with --config.eval.step_sizes=fitted
+  (the chain's step sizes from --mode=fit_step_sizes), eval_<split>_ais.json with
+  --config.eval.estimator=ais. Raises UserError for a missing checkpoint, fitted file or a
+  bad split."""
   run = runs.restore_trained(config, workdir, mesh)
   fitted = config.eval.step_sizes == "fitted"
   if fitted:
     run = step_sizes.with_fitted(workdir, run)
+  split = _named_split(config, run)
+  use_ais = config.eval.estimator == "ais"
+  evaluate = evaluate_split_ais if use_ais else evaluate_split
+  result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
+                    run.mesh)
+  result["checkpoint_step"] = run.step
+  suffix = "_ais" if use_ais else "_fitted" if fitted else ""
+  path = os.path.join(workdir, f"eval_{config.eval.split}{suffix}.json")
+  reporting.write_json_atomic(path, result)
+  result["path"] = path
+  return result
+
+
+def _named_split(config: Config, run: runs.TrainedRun) -> pipeline.Split:
   if config.eval.split not in run.corpus.splits:
     raise config_lib.ConfigError(
         f"--config.eval.split: unknown split {config.eval.split!r}; "
         f"{config.data.corpus} has {sorted(run.corpus.splits)}.")
-  result = evaluate_split(config, run.method, run.params,
-                          run.corpus.splits[config.eval.split],
-                          jax.random.key(config.eval.seed), run.mesh)
-  result["checkpoint_step"] = run.step
-  path = os.path.join(workdir, f"eval_{config.eval.split}{'_fitted' if fitted else ''}.json")
+  return run.corpus.splits[config.eval.split]
+
+
+def model_sentences(method: methods.Method, params, num_sentences: int, max_ids: int,
+                    rng: jax.Array) -> tuple[pipeline.Split, np.ndarray, int]:
+  """num_sentences sentences drawn from the model itself, z ~ p(z) and x ~ p(x | z) (dropout
+  off, temperature 1, no top-k), with the codes that generated them: (a Split of them, their
+  codes (n, D), how many are prefixes). A draw that has not ended (</s>) within max_ids ids
+  (<s> and </s> included) is kept as the prefix it is, scored as one (its words, no </s>):
+  p(prefix | z) is the model's probability of starting so, and the code is still an exact
+  sample of p(z | prefix)."""
+  z_key, x_key = jax.random.split(rng)
+  z = jax.random.normal(z_key, (num_sentences, method.latent_dim))
+  tokens = np.asarray(jax.jit(lambda z, key: sampling.decode(
+      method.decoder, params["decoder"], z, key, max_ids - 1, temperature=1.0))(z, x_key))
+  sentences, prefixes = [], 0
+  for ids in tokens:
+    ends = np.flatnonzero(ids == EOS_ID)
+    prefixes += not len(ends)
+    words = ids[:ends[0] + 1] if len(ends) else ids
+    sentences.append(np.concatenate([[BOS_ID], words]).astype(np.int32))
+  split = pipeline.Split("model samples", sentences, np.arange(1, num_sentences + 1),
+                         {"prefixes": prefixes}, np.full(num_sentences, -1))
+  return split, np.asarray(z), prefixes
+
+
+def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh
+         ) -> dict[str, Any]:
+  """Bidirectional Monte Carlo (Grosse, Ghahramani, Adams 2015; docs/method.md §9): on
+  sentences sampled from the model, forward AIS from the prior (a stochastic upper bound on
+  -log p(x)) and reverse AIS from the code that generated each sentence (a stochastic lower
+  bound), at each N of eval.bdmc_steps with eval.ais_chains chains. The gap between the two
+  bounds the AIS error at that N, on data like the model's."""
+  if method.latent is None:
+    raise UserError(f"--mode=bdmc: a {method.name} run has no latent; its NLL is exact "
+                    "(--mode=eval)")
+  ecfg = config.eval
+  parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
+  sample_rng, forward_rng, reverse_rng = jax.random.split(
+      jax.random.key(ecfg.bdmc_seed), 3)
+  split, codes, prefixes = model_sentences(method, params, ecfg.bdmc_sentences,
+                                           config.data.buckets[-1], sample_rng)
+  plan = pipeline.plan_batches(split, config.data.buckets, ecfg.batch_size)
+  rows = []
+  for num_steps in ecfg.bdmc_steps:
+    forward = jax.jit(ais.make_nll_step(
+        method.latent.log_likelihood, method.latent_dim, num_steps, ecfg.ais_chains,
+        ecfg.ais_leapfrog, ecfg.ais_step_size))
+    reverse = jax.jit(ais.make_reverse_step(
+        method.latent.log_likelihood, num_steps, ecfg.ais_chains, ecfg.ais_leapfrog,
+        ecfg.ais_step_size))
+    upper, lower = np.zeros(len(split)), np.zeros(len(split))
+    accept = {"forward": [], "reverse": []}
+    start = time.time()
+    for i, batch in enumerate(parallel.batches(split, plan, ecfg.batch_size, mesh)):
+      indices = plan.indices[i]
+      z_star = np.zeros((ecfg.batch_size, method.latent_dim), np.float32)
+      z_star[:len(indices)] = codes[indices]
+      up = jax.device_get(forward(params, batch, jax.random.fold_in(forward_rng, i)))
+      down = jax.device_get(reverse(params, batch, z_star, jax.random.fold_in(reverse_rng, i)))
+      upper[indices], lower[indices] = up["nll"][:len(indices)], down["nll_lower"][:len(indices)]
+      accept["forward"].append(up["acceptance_rate"][:len(indices)])
+      accept["reverse"].append(down["acceptance_rate"][:len(indices)])
+    seconds = time.time() - start
+    gap = upper - lower
+    rows.append({"ais_steps": num_steps, "upper": float(np.mean(upper)),
+                 "lower": float(np.mean(lower)), "gap": float(np.mean(gap)),
+                 "gap_stderr": float(np.std(gap, ddof=1) / np.sqrt(len(gap)))
+                 if len(gap) > 1 else None,
+                 "max_gap": float(np.max(gap)),
+                 "acceptance_forward": float(np.mean(np.concatenate(accept["forward"]))),
+                 "acceptance_reverse": float(np.mean(np.concatenate(accept["reverse"]))),
+                 "seconds": seconds})
+    logging.info("bdmc N=%d: upper %.3f lower %.3f gap %.3f nats/sentence (%s)", num_steps,
+                 rows[-1]["upper"], rows[-1]["lower"], rows[-1]["gap"],
+                 reporting.format_seconds(seconds))
+  return {"model_kind": method.name, "num_sentences": len(split),
+          # Draws that had not ended within the last bucket, scored as prefixes.
+          "prefixes": prefixes,
+          "mean_length": float(np.mean([len(s) - 1 for s in split.sentences])),
+          "ais_chains": ecfg.ais_chains, "ais_leapfrog": ecfg.ais_leapfrog,
+          "ais_step_size": ecfg.ais_step_size, "seed": ecfg.bdmc_seed, "rows": rows}
+
+
+def bdmc_table(result: dict[str, Any]) -> str:
+  lines = [f"BDMC on {result['num_sentences']} sentences sampled from the {result['model_kind']}"
+           f" model ({result['prefixes']} of them unfinished prefixes; C={result['ais_chains']}"
+           f", L={result['ais_leapfrog']}); -log p(x) in nats per sentence:",
+           "     N     upper     lower       gap  accept fwd/rev   seconds"]
+  for r in result["rows"]:
+    lines.append(f"{r['ais_steps']:>6} {r['upper']:>9.3f} {r['lower']:>9.3f} {r['gap']:>9.3f}"
+                 f"     {r['acceptance_forward']:.2f}/{r['acceptance_reverse']:.2f}"
+                 f" {r['seconds']:>9.1f}")
+  return "\n".join(lines)
+
+
+def bdmc_workdir(config: Config, workdir: str,
+                 mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """--mode=bdmc: restores the workdir's latest checkpoint, runs `bdmc`, writes
+  WORKDIR/bdmc.json."""
+  run = runs.restore_trained(config, workdir, mesh)
+  result = {**bdmc(config, run.method, run.params, run.mesh), "checkpoint_step": run.step}
+  path = os.path.join(workdir, "bdmc.json")
   reporting.write_json_atomic(path, result)
   result["path"] = path
   return result

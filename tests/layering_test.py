@@ -8,7 +8,8 @@ from helpers import REPO
 
 SRLM = REPO / "srlm"
 # The maths core: pure functions of arrays. It may import only itself and the vocabulary's ids.
-MATHS = {"srlm.models", "srlm.objectives", "srlm.langevin", "srlm.sampling"}
+MATHS = {"srlm.models", "srlm.objectives", "srlm.langevin", "srlm.sampling",
+         "srlm.ais"}
 MATHS_MAY_IMPORT = MATHS | {"srlm.data.vocab"}
 # What drives runs and touches files; methods (srlm.methods.*) sit below these.
 DRIVERS = {"srlm.main", "srlm.cli", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
