@@ -78,6 +78,13 @@ class LangevinConfig:
   temperature_epochs: tuple[float, ...] = (15.0, 18.0)
   temperature_values: tuple[float, ...] = (0.05, 0.2)
   eval_temperature: float = 0.2
+  # The prior's weight beta in the training chain's target, log p(x | z) + beta log p(z)
+  # (docs/method.md §2): beta = min(1, prior_weight_start + n / (prior_weight_warmup_epochs *
+  # batches per epoch)) at the n-th training batch (n = 1, 2, ...), as the authors' short-Yelp
+  # code raises it before each batch. Warm-up 0 (the default): beta = 1 throughout, the
+  # paper's chain. Evaluation and feature chains always use beta = 1.
+  prior_weight_start: float = 1.0
+  prior_weight_warmup_epochs: float = 0.0
   # Learned step sizes (--config.model.kind=sri_learned, docs/method.md §7): every learn_every
   # decoder steps, one Adam step (rate learn_rate) on the K log step sizes, maximising the
   # short-run ELBO (at eval_temperature, dropout off) of the batch's first learn_batch
@@ -202,6 +209,10 @@ class AnalysisConfig:
   feature_chains: int = 200
   feature_steps: int = 40
   feature_step_size: float = 0.4
+  # Whether the feature chains run the decoder with dropout on (a fresh mask per step and
+  # chain), as the authors' semi_sup_classification.py does (the model in training mode); off,
+  # noiseless chains differ only in their starting points.
+  feature_dropout: bool = False
   # classify: a linear classifier is trained on each of label_splits, its L2 strength chosen
   # on select_split, and its accuracy reported on test_split (the labelled splits of
   # launch/short_yelp.flags).
@@ -292,6 +303,10 @@ def validate(config: Config) -> Config:
   v = config.vae
   _check(0.0 <= v.kl_start <= 1.0, "vae.kl_start", f"must be in [0, 1], got {v.kl_start}")
   _check(v.kl_warmup_epochs >= 0, "vae.kl_warmup_epochs", "must be >= 0")
+  _check(0 < config.langevin.prior_weight_start <= 1, "langevin.prior_weight_start",
+         f"must be in (0, 1], got {config.langevin.prior_weight_start}")
+  _check(config.langevin.prior_weight_warmup_epochs >= 0, "langevin.prior_weight_warmup_epochs",
+         "must be >= 0 (0: beta = 1 throughout)")
   _check(v.free_bits >= 0, "vae.free_bits", "must be >= 0")
   _check(v.aggressive_epochs >= 0, "vae.aggressive_epochs", "must be >= 0")
   _check(v.aggressive_window >= 1, "vae.aggressive_window", "must be >= 1")

@@ -141,3 +141,14 @@ def temperature_at(epoch: jax.Array, epochs: tuple[float, ...],
   """The noise multiplier T at a 1-based epoch: piecewise linear, constant outside the knots."""
   return jnp.interp(jnp.asarray(epoch, jnp.float32), jnp.asarray(epochs, jnp.float32),
                     jnp.asarray(values, jnp.float32))
+
+
+def prior_weight_at(step: jax.Array, start: float, warmup_epochs: float,
+                    steps_per_epoch: int) -> jax.Array:
+  """The prior's weight beta in the training chain's target at the batch after `step` updates:
+  min(1, start + (step + 1) / (warmup_epochs * steps_per_epoch)), linear per batch (the
+  authors' short-Yelp schedule, which raises beta before each batch); 1 if warmup_epochs <= 0."""
+  if warmup_epochs <= 0:
+    return jnp.float32(1.0)
+  increment = 1.0 / (warmup_epochs * steps_per_epoch)
+  return jnp.minimum(1.0, start + (jnp.asarray(step, jnp.float32) + 1.0) * increment)

@@ -55,8 +55,12 @@ Batch = base.Batch
 
 
 def infer_z(model: Decoder, params, batch: Batch, rng: jax.Array, step_sizes_K: jax.Array,
-            temperature: jax.Array, dropout: bool, param_grads: bool = False):
+            temperature: jax.Array, dropout: bool, param_grads: bool = False,
+            prior_weight: jax.Array | None = None):
   """The short-run chain from z_0 ~ N(0, I) for every sentence: (z_0, z_K, StepInfo, aux).
+
+  The chain's target is log p(x, z), or log p(x | z) + prior_weight log p(z) when
+  prior_weight is given (the authors' short-Yelp warm-up; None is the paper's chain).
 
   With `dropout`, each step's log density draws its own dropout mask (docs/method.md §2). With
   `param_grads`, aux is sum_k grad_theta NLL_sum(x | z_k) over the K chain states, taken from
@@ -67,9 +71,12 @@ def infer_z(model: Decoder, params, batch: Batch, rng: jax.Array, step_sizes_K: 
   z0_BxD = jax.random.normal(z0_rng, (batch["targets"].shape[0], model.latent_dim))
 
   def logdensity_fn(params, z_BxD, dropout_rng):
-    return objectives.log_joint(
-        lambda z: objectives.decoder_log_likelihood(model, params, z, batch,
-                                                    dropout_rng if dropout else None), z_BxD)
+    def log_likelihood_fn(z):
+      return objectives.decoder_log_likelihood(model, params, z, batch,
+                                               dropout_rng if dropout else None)
+    if prior_weight is None:
+      return objectives.log_joint(log_likelihood_fn, z_BxD)
+    return log_likelihood_fn(z_BxD) + prior_weight * objectives.log_prior(z_BxD)
 
   if param_grads:
     def value_and_grad_fn(z_BxD, dropout_rng):
@@ -193,20 +200,26 @@ def make_chain_weights(model: Decoder, temperature: float):
   return chain_weights
 
 
-def make_train_step(config: Config, model: Decoder,
-                    step_sizes_fn: StepSizesFn) -> base.TrainStepFn:
-  """The decoder's step of docs/method.md §3, its chain at step_sizes_fn(state.params)."""
+def make_train_step(config: Config, model: Decoder, step_sizes_fn: StepSizesFn,
+                    steps_per_epoch: int = 1) -> base.TrainStepFn:
+  """The decoder's step of docs/method.md §3, its chain at step_sizes_fn(state.params), with
+  the prior weighted by the warm-up schedule if one is configured (steps_per_epoch sets its
+  pace)."""
   lcfg = config.langevin
   accumulated = config.train.gradient == "accumulated"
+  warmup = lcfg.prior_weight_warmup_epochs > 0
 
   def train_step(state, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     chain_rng, dropout_rng = jax.random.split(rng)
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
+    prior_weight = langevin.prior_weight_at(state.step, lcfg.prior_weight_start,
+                                            lcfg.prior_weight_warmup_epochs, steps_per_epoch)
     z0, zK, infos, chain_grads = infer_z(
         model, state.params["decoder"], batch, chain_rng, step_sizes_fn(state.params),
-        temperature, dropout=True, param_grads=accumulated)
+        temperature, dropout=True, param_grads=accumulated,
+        prior_weight=prior_weight if warmup else None)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = base.sentence_mask(batch)
     num_sentences = jnp.sum(sentence_mask_B)
@@ -229,22 +242,24 @@ def make_train_step(config: Config, model: Decoder,
         "z_distance_sum": jnp.sum(jnp.linalg.norm(zK - z0, axis=-1) * sentence_mask_B),
         "param_grad_norm": optax.tree.norm(grads),
         "temperature": temperature,
+        **({"prior_weight": prior_weight} if warmup else {}),
     }
 
   return train_step
 
 
 def make_posterior_step(model: Decoder, num_chains: int, step_sizes_fn: StepSizesFn,
-                        temperature: float) -> base.BatchFn:
+                        temperature: float, dropout: bool = False) -> base.BatchFn:
   """(params, batch, rng) -> the mean and variance (B, D) of num_chains chains per sentence,
-  at step_sizes_fn(params) and `temperature`, dropout off."""
+  at step_sizes_fn(params) and `temperature`, dropout off (on: a fresh mask per chain step,
+  the authors' feature chains)."""
   temperature = jnp.float32(temperature)
 
   def posterior_step(params, batch, rng):
     step_sizes_K = step_sizes_fn(params)
     z_SxBxD = jax.lax.map(
         lambda key: infer_z(model, params["decoder"], batch, key, step_sizes_K, temperature,
-                            dropout=False)[1],
+                            dropout=dropout)[1],
         jax.random.split(rng, num_chains))
     return jnp.mean(z_SxBxD, axis=0), jnp.var(z_SxBxD, axis=0)
 
@@ -254,7 +269,8 @@ def make_posterior_step(model: Decoder, num_chains: int, step_sizes_fn: StepSize
 def progress(summary: dict[str, float]) -> str:
   return (f"|z_K-z_0| {summary['z_distance']:.2f} |grad z| first "
           f"{summary['grad_norm_first']:.1f} last {summary['grad_norm_last']:.2f} "
-          f"| T {summary['temperature']:.3f}")
+          f"| T {summary['temperature']:.3f}"
+          + (f" | beta {summary['prior_weight']:.3f}" if "prior_weight" in summary else ""))
 
 
 def _rounded(values) -> str:
@@ -262,7 +278,7 @@ def _rounded(values) -> str:
 
 
 def build(config: Config, vocab_size: int, step_sizes_fn: StepSizesFn,
-          step_sizes_source: str, name: str = "sri") -> base.Method:
+          step_sizes_source: str, name: str = "sri", steps_per_epoch: int = 1) -> base.Method:
   """SRI whose chains (training, validation, NLL, posterior moments) take their step sizes
   from step_sizes_fn(params); step_sizes_source says where they come from (eval JSON)."""
   model = make_decoder(config.model, vocab_size, config.model.latent_dim)
@@ -292,18 +308,20 @@ def build(config: Config, vocab_size: int, step_sizes_fn: StepSizesFn,
             "step_sizes_source": step_sizes_source}
 
   def with_step_sizes(step_sizes_K, source: str) -> base.Method:
-    return build(config, vocab_size, fixed_step_sizes(step_sizes_K), source, name)
+    return build(config, vocab_size, fixed_step_sizes(step_sizes_K), source, name,
+                 steps_per_epoch)
 
   # The features' chains are the paper's protocol (docs/method.md §6), whatever the run's own
-  # step sizes: noiseless, constant step.
+  # step sizes: noiseless, constant step, dropout as configured.
   feature_step = make_posterior_step(
       model, acfg.feature_chains,
-      fixed_step_sizes((acfg.feature_step_size,) * acfg.feature_steps), 0.0)
+      fixed_step_sizes((acfg.feature_step_size,) * acfg.feature_steps), 0.0,
+      dropout=acfg.feature_dropout)
   return base.Method(
       name=name,
       decoder=model,
       init_params=lambda rng: {"decoder": base.init_decoder(model, rng)},
-      train_step=make_train_step(config, model, step_sizes_fn),
+      train_step=make_train_step(config, model, step_sizes_fn, steps_per_epoch),
       valid_step=valid_step,
       nll_step=nll_step,
       latent=base.Latent(
@@ -311,9 +329,11 @@ def build(config: Config, vocab_size: int, step_sizes_fn: StepSizesFn,
                                              lcfg.eval_temperature),
           feature_step=feature_step,
           features=(f"mean of {acfg.feature_chains} noiseless chains of {acfg.feature_steps} "
-                    f"steps of size {acfg.feature_step_size}"),
+                    f"steps of size {acfg.feature_step_size}"
+                    + (", dropout on" if acfg.feature_dropout else "")),
           feature_settings={"chains": acfg.feature_chains, "steps": acfg.feature_steps,
-                            "step_size": acfg.feature_step_size, "temperature": 0.0},
+                            "step_size": acfg.feature_step_size, "temperature": 0.0,
+                            "dropout": acfg.feature_dropout},
           log_likelihood=base.decoder_log_likelihood_fn(model)),
       chain=base.Chain(
           step_sizes=step_sizes_fn,
@@ -325,7 +345,9 @@ def build(config: Config, vocab_size: int, step_sizes_fn: StepSizesFn,
                          "grad_norm_first": ("grad_norm_first_sum", base.PER_SENTENCE),
                          "grad_norm_last": ("grad_norm_last_sum", base.PER_SENTENCE),
                          "z_distance": ("z_distance_sum", base.PER_SENTENCE),
-                         "temperature": ("temperature", base.LAST)},
+                         "temperature": ("temperature", base.LAST),
+                         **({"prior_weight": ("prior_weight", base.LAST)}
+                            if lcfg.prior_weight_warmup_epochs > 0 else {})},
           progress=progress,
           curve=base.Curve("z_distance", "|z_K - z_0| (chain travel)", in_valid=False),
           schedule=None,
@@ -350,6 +372,7 @@ CONFIG_STEP_SIZES = "the run's (config)"
 
 
 def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
-  del steps_per_epoch  # the noise schedule is a function of the epoch, which batches carry
+  """steps_per_epoch paces the prior weight's warm-up (the noise schedule is a function of
+  the epoch, which batches carry)."""
   return build(config, vocab_size, fixed_step_sizes(config_lib.step_sizes(config.langevin)),
-               CONFIG_STEP_SIZES)
+               CONFIG_STEP_SIZES, steps_per_epoch=steps_per_epoch)

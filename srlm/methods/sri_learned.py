@@ -74,13 +74,12 @@ def schedule_metrics(num_steps: int) -> tuple[str, ...]:
 
 
 def make(config: Config, vocab_size: int, steps_per_epoch: int = 1) -> base.Method:
-  del steps_per_epoch  # as SRI's
   lcfg = config.langevin
   if lcfg.learn_batch > config.data.batch_size:
     raise ConfigError(f"--config.langevin.learn_batch: must be at most --config.data.batch_size "
                       f"({config.data.batch_size}), got {lcfg.learn_batch}")
   method = sri.build(config, vocab_size, learned_step_sizes, "the run's (learned)",
-                     name="sri_learned")
+                     name="sri_learned", steps_per_epoch=steps_per_epoch)
   initial_K = config_lib.step_sizes(lcfg)
   names = schedule_metrics(len(initial_K))
 
