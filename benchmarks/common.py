@@ -51,6 +51,27 @@ def hardware() -> dict[str, Any]:
           "jax": jax.__version__}
 
 
+def run_srlm(args: list[str], log_path: str) -> float:
+  """Runs python -m srlm.main with args, its output appended to log_path; returns seconds.
+  A failure stops the calling script with the command and the log named."""
+  import sys  # pylint: disable=import-outside-toplevel
+  start = time.time()
+  with open(log_path, "a") as log:
+    log.write(f"$ python -m srlm.main {' '.join(args)}\n")
+    log.flush()
+    process = subprocess.run([sys.executable, "-m", "srlm.main", *args], stdout=log,
+                             stderr=subprocess.STDOUT, check=False)
+  if process.returncode:
+    raise SystemExit(f"python -m srlm.main {' '.join(args)} failed (exit "
+                     f"{process.returncode}); see {log_path}")
+  return time.time() - start
+
+
+def read_json(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_result(name: str, result: dict[str, Any]) -> str:
   """Writes benchmarks/results/<name>_<backend>.json and returns its path."""
   os.makedirs(RESULTS_DIR, exist_ok=True)

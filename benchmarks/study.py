@@ -27,9 +27,7 @@ exact log-det); for the LM, which has no latent, that is its exact log-likelihoo
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -96,27 +94,8 @@ ORDER = ("lm", "sri", "vae_fb", "sri_accumulated", "vae", "vae_anneal", "sri_lea
 BUDGET_RUNS = ("lm", "vae_fb", "sri", "sri_accumulated")
 
 
-def _srlm(args: list[str], log_path: str) -> float:
-  """Runs python -m srlm.main with args, its output appended to log_path; returns seconds."""
-  start = time.time()
-  with open(log_path, "a") as log:
-    log.write(f"$ python -m srlm.main {' '.join(args)}\n")
-    log.flush()
-    process = subprocess.run([sys.executable, "-m", "srlm.main", *args], stdout=log,
-                             stderr=subprocess.STDOUT, check=False)
-  if process.returncode:
-    raise SystemExit(f"study: python -m srlm.main {' '.join(args)} failed (exit "
-                     f"{process.returncode}); see {log_path}")
-  return time.time() - start
-
-
-def _read(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
-
-
 def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> dict:
-  result = _read(os.path.join(workdir, eval_file))
+  result = common.read_json(os.path.join(workdir, eval_file))
   elbo = -(result["rec"] + result["kl"])  # the LM's REC is its NLL, its KL 0
   row = {"run": name, "method": label, "kind": result["model_kind"], "elbo": elbo,
          "nll": result["nll"], "ppl": result["ppl"], "kl": result["kl"], "mi": result["mi"],
@@ -125,7 +104,7 @@ def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> 
          "step_sizes": result.get("step_sizes"), **seconds}
   ais_path = os.path.join(workdir, "eval_test_ais.json")
   if eval_file == "eval_test.json" and os.path.exists(ais_path):
-    ais = _read(ais_path)
+    ais = common.read_json(ais_path)
     # The method's own estimate on AIS's sentences (its first ones), for a paired comparison.
     own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
     own_on_ais = [own[line] for line in ais["sentence_lines"]]
@@ -137,7 +116,7 @@ def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> 
                ais_sentence_lines=ais["sentence_lines"], ais_sentence_nll=ais["sentence_nll"])
   bdmc_path = os.path.join(workdir, "bdmc.json")
   if eval_file == "eval_test.json" and os.path.exists(bdmc_path):
-    row["bdmc"] = _read(bdmc_path)
+    row["bdmc"] = common.read_json(bdmc_path)
   return row
 
 
@@ -168,7 +147,7 @@ def _scale_flags(scale: str, budget: int) -> list[str]:
 
 def _run_all(scale: str, budget: int, root: str) -> None:
   times_path = os.path.join(root, "seconds.json")
-  times = _read(times_path) if os.path.exists(times_path) else {}
+  times = common.read_json(times_path) if os.path.exists(times_path) else {}
   names = [n for n in ORDER if (budget == 1 or n in BUDGET_RUNS)
            and (not _ONLY.value or n in _ONLY.value)]
   for name in names:
@@ -188,27 +167,27 @@ def _run_all(scale: str, budget: int, root: str) -> None:
     train_args = [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
                   f"--workdir={workdir}"]
     # Summed over invocations: a resumed run's seconds add to its first ones.
-    times[name]["train_s"] = times[name].get("train_s", 0.0) + _srlm(train_args, log)
+    times[name]["train_s"] = times[name].get("train_s", 0.0) + common.run_srlm(train_args, log)
     save()
     eval_args = ["--mode=eval", f"--workdir={workdir}", "--config.eval.split=test",
                  *EVAL[scale]]
     if not done("eval_test.json"):
-      times[name]["eval_s"] = _srlm(eval_args, log)
+      times[name]["eval_s"] = common.run_srlm(eval_args, log)
       save()
     if name == "sri" and budget == 1 and _FITTED.value and not done("eval_test_fitted.json"):
       # the hand-set run's step sizes, fitted after training
       times["sri_fitted"] = {
-          "fit_s": _srlm(["--mode=fit_step_sizes", f"--workdir={workdir}"], log),
-          "eval_s": _srlm([*eval_args, "--config.eval.step_sizes=fitted"], log)}
+          "fit_s": common.run_srlm(["--mode=fit_step_sizes", f"--workdir={workdir}"], log),
+          "eval_s": common.run_srlm([*eval_args, "--config.eval.step_sizes=fitted"], log)}
       save()
     if not done("eval_test_ais.json"):
       print(f"study: {label}: AIS", flush=True)
-      times[name]["ais_s"] = _srlm([*eval_args, "--config.eval.estimator=ais", *AIS[scale]],
+      times[name]["ais_s"] = common.run_srlm([*eval_args, "--config.eval.estimator=ais", *AIS[scale]],
                                    log)
       save()
     if name in BDMC_RUNS and not done("bdmc.json"):
       print(f"study: {label}: BDMC", flush=True)
-      times[name]["bdmc_s"] = _srlm(["--mode=bdmc", f"--workdir={workdir}", *AIS[scale],
+      times[name]["bdmc_s"] = common.run_srlm(["--mode=bdmc", f"--workdir={workdir}", *AIS[scale],
                                      *BDMC[scale]], log)
       save()
     print(f"study: {label}: done ({times[name]})", flush=True)
@@ -251,7 +230,7 @@ def main(argv):
   root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
   os.makedirs(root, exist_ok=True)
   _run_all(scale, budget, root)
-  times = _read(os.path.join(root, "seconds.json"))
+  times = common.read_json(os.path.join(root, "seconds.json"))
   rows = []
   for name, (_, _, label) in RUNS.items():
     workdir = os.path.join(root, name)
@@ -261,7 +240,7 @@ def main(argv):
       fitted = _row("sri_fitted", "SRI, hand-set, step sizes fitted after training", workdir,
                     "eval_test_fitted.json", times.get("sri_fitted", {}))
       step = fitted["checkpoint_step"]
-      fit = _read(os.path.join(workdir, "step_sizes", f"fitted_{step}.json"))
+      fit = common.read_json(os.path.join(workdir, "step_sizes", f"fitted_{step}.json"))
       fitted.update(valid_elbo_before=fit["valid_elbo_before"],
                     valid_elbo_after=fit["valid_elbo_after"])
       rows.append(fitted)
