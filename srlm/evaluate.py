@@ -310,7 +310,8 @@ def model_sentences(method: methods.Method, params, num_sentences: int, max_ids:
   codes (n, D), how many are prefixes). A draw that has not ended (</s>) within max_ids ids
   (<s> and </s> included) is kept as the prefix it is, scored as one (its words, no </s>):
   p(prefix | z) is the model's probability of starting so, and the code is still an exact
-  sample of p(z | prefix)."""
+  sample of p(z | prefix). (Decoding never draws <pad> or <s>, which a trained decoder all but
+  never predicts; that is the one departure from x ~ p(x | z).)"""
   z_key, x_key = jax.random.split(rng)
   z = jax.random.normal(z_key, (num_sentences, method.latent_dim))
   tokens = np.asarray(jax.jit(lambda z, key: sampling.decode(
