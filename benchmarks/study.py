@@ -135,13 +135,13 @@ def paired_difference(a: dict, b: dict) -> dict | None:
 def _scale_flags(scale: str, budget: int) -> list[str]:
   if budget == 1:
     return SCALES[scale]
+  if scale == "paper":
+    raise SystemExit("study: --budget applies to --scale=small (paper uses all of PTB)")
   flags_out = []
   for flag in SCALES[scale]:
     if flag.startswith("--config.data.max_train_sentences="):
       flag = f"--config.data.max_train_sentences={int(flag.split('=')[1]) * budget}"
     flags_out.append(flag)
-  if scale == "paper":
-    raise SystemExit("study: --budget applies to --scale=small (paper uses all of PTB)")
   return flags_out
 
 

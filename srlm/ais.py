@@ -189,10 +189,12 @@ def effective_sample_size(log_w_CxB: jax.Array) -> jax.Array:
 DecoderLikelihood = Callable[[dict, jax.Array, dict], jax.Array]
 
 
-def _tiled(batch: dict, num_chains: int) -> dict:
-  """Each row of the batch num_chains times, chain-major: row c * B + b is chain c of b."""
-  return {key: jnp.tile(value, (num_chains,) + (1,) * (value.ndim - 1))
-          for key, value in batch.items()}
+def _chains_likelihood(log_likelihood: DecoderLikelihood, params, batch: dict,
+                       num_chains: int) -> LikelihoodFn:
+  """The LikelihoodFn of num_chains chains per sentence of the batch, chain-major: row
+  c * B + b of z is chain c of sentence b."""
+  tiled = {key: jnp.tile(batch[key], (num_chains, 1)) for key in ("inputs", "targets", "mask")}
+  return per_chain_value_and_grad(lambda z: log_likelihood(params, z, tiled))
 
 
 def make_nll_step(log_likelihood: DecoderLikelihood, latent_dim: int, num_steps: int,
@@ -209,8 +211,7 @@ def make_nll_step(log_likelihood: DecoderLikelihood, latent_dim: int, num_steps:
 
   def ais_nll_step(params, batch, rng):
     batch_size = batch["targets"].shape[0]
-    tiled = _tiled({k: batch[k] for k in ("inputs", "targets", "mask")}, num_chains)
-    likelihood_fn = per_chain_value_and_grad(lambda z: log_likelihood(params, z, tiled))
+    likelihood_fn = _chains_likelihood(log_likelihood, params, batch, num_chains)
     prior_key, chain_key = jax.random.split(rng)
     z0 = jax.random.normal(prior_key, (num_chains * batch_size, latent_dim))
     result = anneal(chain_key, z0, likelihood_fn, betas, num_leapfrog, initial_step_size)
@@ -241,8 +242,7 @@ def make_reverse_step(log_likelihood: DecoderLikelihood, num_steps: int, num_cha
 
   def ais_reverse_step(params, batch, z_star_BxD, rng):
     batch_size = batch["targets"].shape[0]
-    tiled = _tiled({k: batch[k] for k in ("inputs", "targets", "mask")}, num_chains)
-    likelihood_fn = per_chain_value_and_grad(lambda z: log_likelihood(params, z, tiled))
+    likelihood_fn = _chains_likelihood(log_likelihood, params, batch, num_chains)
     result = anneal(rng, jnp.tile(z_star_BxD, (num_chains, 1)), likelihood_fn, betas,
                     num_leapfrog, initial_step_size)
     return {"nll_lower": log_mean_exp(result.log_weights.reshape(num_chains, batch_size)),

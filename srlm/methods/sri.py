@@ -214,12 +214,12 @@ def make_train_step(config: Config, model: Decoder, step_sizes_fn: StepSizesFn,
     chain_rng, dropout_rng = jax.random.split(rng)
     temperature = langevin.temperature_at(batch["epoch"] + 1, lcfg.temperature_epochs,
                                           lcfg.temperature_values)
-    prior_weight = langevin.prior_weight_at(state.step, lcfg.prior_weight_start,
-                                            lcfg.prior_weight_warmup_epochs, steps_per_epoch)
+    prior_weight = (langevin.prior_weight_at(state.step, lcfg.prior_weight_start,
+                                             lcfg.prior_weight_warmup_epochs, steps_per_epoch)
+                    if warmup else None)
     z0, zK, infos, chain_grads = infer_z(
         model, state.params["decoder"], batch, chain_rng, step_sizes_fn(state.params),
-        temperature, dropout=True, param_grads=accumulated,
-        prior_weight=prior_weight if warmup else None)
+        temperature, dropout=True, param_grads=accumulated, prior_weight=prior_weight)
     zK = jax.lax.stop_gradient(zK)
     sentence_mask_B = base.sentence_mask(batch)
     num_sentences = jnp.sum(sentence_mask_B)
