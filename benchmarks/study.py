@@ -7,7 +7,7 @@ on the same sentences, then is evaluated on the same test sentences twice:
     AU, REC (--mode=eval);
   * with AIS from the prior, the same N, C, L for every latent method (docs/method.md §9;
     --mode=eval --config.eval.estimator=ais); the LM's NLL is exact;
-and BDMC bounds the AIS error at that N on the hand-set SRI and the free-bits VAE
+and BDMC bounds the AIS error at that N on both SRI conventions and the free-bits VAE
 (--mode=bdmc). Methods are compared by paired per-sentence differences of their AIS NLLs
 (the same sentences for all) with standard errors.
 
@@ -76,8 +76,8 @@ SCALES = {
 # Evaluation: the same M (importance samples, i.e. chains or draws of q) and S for every run.
 EVAL = {"small": ["--config.eval.num_samples=10", "--config.eval.num_posterior_chains=10"],
         "paper": ["--config.eval.num_samples=100", "--config.eval.num_posterior_chains=10"]}
-# AIS: the same for every latent run. small: N = 500 (BDMC's gap at N = 500 on the hand-set SRI
-# and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on the first
+# AIS: the same for every latent run. small: N = 500 (BDMC's gap at N = 500 on both SRI
+# conventions and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on the first
 # 100 of EVAL's 200 test sentences (about 3 CPU minutes a run); paper: the whole test split.
 AIS = {"small": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
                  "--config.eval.ais_leapfrog=1", "--config.eval.max_sentences=100"],
@@ -86,7 +86,7 @@ AIS = {"small": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
 BDMC = {"small": ["--config.eval.bdmc_steps=(100,500)", "--config.eval.bdmc_sentences=32"],
         "paper": ["--config.eval.bdmc_steps=(100,1000,5000)",
                   "--config.eval.bdmc_sentences=64"]}
-BDMC_RUNS = ("sri", "vae_fb")
+BDMC_RUNS = ("sri", "vae_fb", "sri_accumulated")
 # The order runs are trained in (the table keeps RUNS' order): the comparisons that matter most
 # first, so a study stopped early has them.
 ORDER = ("lm", "sri", "vae_fb", "sri_accumulated", "vae", "vae_anneal", "sri_learned", "savae")
@@ -94,23 +94,32 @@ ORDER = ("lm", "sri", "vae_fb", "sri_accumulated", "vae", "vae_anneal", "sri_lea
 BUDGET_RUNS = ("lm", "vae_fb", "sri", "sri_accumulated")
 
 
+OWN_COLUMNS = ("elbo", "nll", "ppl", "kl", "mi", "au", "rec", "num_sentences", "num_samples")
+
+
 def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> dict:
-  result = common.read_json(os.path.join(workdir, eval_file))
-  elbo = -(result["rec"] + result["kl"])  # the LM's REC is its NLL, its KL 0
-  row = {"run": name, "method": label, "kind": result["model_kind"], "elbo": elbo,
-         "nll": result["nll"], "ppl": result["ppl"], "kl": result["kl"], "mi": result["mi"],
-         "au": result["au"], "rec": result["rec"], "num_sentences": result["num_sentences"],
-         "num_samples": result["num_samples"], "checkpoint_step": result["checkpoint_step"],
-         "step_sizes": result.get("step_sizes"), **seconds}
+  """One table row: the method's own estimate (eval_file, blank until it is run) and, for the
+  plain evaluation, its AIS score and BDMC bounds."""
+  row = {"run": name, "method": label, **seconds, **dict.fromkeys(OWN_COLUMNS)}
+  own_path = os.path.join(workdir, eval_file)
+  result = common.read_json(own_path) if os.path.exists(own_path) else None
+  if result:
+    row.update({k: result[k] for k in OWN_COLUMNS if k != "elbo"},
+               elbo=-(result["rec"] + result["kl"]),  # the LM's REC is its NLL, its KL 0
+               kind=result["model_kind"], checkpoint_step=result["checkpoint_step"],
+               step_sizes=result.get("step_sizes"))
   ais_path = os.path.join(workdir, "eval_test_ais.json")
   if eval_file == "eval_test.json" and os.path.exists(ais_path):
     ais = common.read_json(ais_path)
-    # The method's own estimate on AIS's sentences (its first ones), for a paired comparison.
-    own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
-    own_on_ais = [own[line] for line in ais["sentence_lines"]]
-    row.update(nll_on_ais_sentences=sum(own_on_ais) / len(own_on_ais),
-               ais_num_sentences=ais["num_sentences"])
-    row.update(ais_nll=ais["nll"], ais_ppl=ais["ppl"], ais_kl=ais["kl"], ais_rec=ais["rec"],
+    if result:
+      # The method's own estimate on AIS's sentences (its first ones), for a paired comparison.
+      own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
+      own_on_ais = [own[line] for line in ais["sentence_lines"]]
+      row["nll_on_ais_sentences"] = sum(own_on_ais) / len(own_on_ais)
+    else:
+      row.update(kind=ais["model_kind"], checkpoint_step=ais["checkpoint_step"])
+    row.update(ais_num_sentences=ais["num_sentences"], ais_nll=ais["nll"], ais_ppl=ais["ppl"],
+               ais_kl=ais["kl"], ais_rec=ais["rec"],
                ais_acceptance_rate=ais["ais_acceptance_rate"], ais_ess=ais["ais_ess"],
                ais_estimator=ais["estimator"], ais_seconds=ais["nll_seconds"],
                ais_sentence_lines=ais["sentence_lines"], ais_sentence_nll=ais["sentence_nll"])
@@ -146,51 +155,55 @@ def _scale_flags(scale: str, budget: int) -> list[str]:
 
 
 def _run_all(scale: str, budget: int, root: str) -> None:
+  """Two passes over the runs, so that a study stopped early has what matters most: first
+  every run trained and scored with AIS (the comparison), then BDMC (whether N is enough),
+  each method's own estimate and the fitted row."""
   times_path = os.path.join(root, "seconds.json")
   times = common.read_json(times_path) if os.path.exists(times_path) else {}
   names = [n for n in ORDER if (budget == 1 or n in BUDGET_RUNS)
            and (not _ONLY.value or n in _ONLY.value)]
+
+  def save():
+    with open(times_path, "w") as f:
+      json.dump(times, f, indent=2)
+
+  def done(name: str, file_name: str) -> bool:
+    return os.path.exists(os.path.join(root, name, file_name))
+
+  def run(name: str, key: str, args: list[str]) -> None:
+    # Summed over invocations: a resumed run's seconds add to its first ones.
+    seconds = common.run_srlm(args, os.path.join(root, f"{name}.log"))
+    times.setdefault(name, {})[key] = times.get(name, {}).get(key, 0.0) + seconds
+    save()
+
+  def eval_args(name: str) -> list[str]:
+    return ["--mode=eval", f"--workdir={os.path.join(root, name)}", "--config.eval.split=test",
+            *EVAL[scale]]
+
   for name in names:
     flagfile, extra, label = RUNS[name]
-    workdir = os.path.join(root, name)
-    log = os.path.join(root, f"{name}.log")
-    times.setdefault(name, {})
-
-    def done(file_name: str) -> bool:
-      return os.path.exists(os.path.join(workdir, file_name))
-
-    def save():
-      with open(times_path, "w") as f:
-        json.dump(times, f, indent=2)
-
-    print(f"study: {label}: training in {workdir} (log {log})", flush=True)
-    train_args = [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
-                  f"--workdir={workdir}"]
-    # Summed over invocations: a resumed run's seconds add to its first ones.
-    times[name]["train_s"] = times[name].get("train_s", 0.0) + common.run_srlm(train_args, log)
-    save()
-    eval_args = ["--mode=eval", f"--workdir={workdir}", "--config.eval.split=test",
-                 *EVAL[scale]]
-    if not done("eval_test.json"):
-      times[name]["eval_s"] = common.run_srlm(eval_args, log)
-      save()
-    if name == "sri" and budget == 1 and _FITTED.value and not done("eval_test_fitted.json"):
-      # the hand-set run's step sizes, fitted after training
-      times["sri_fitted"] = {
-          "fit_s": common.run_srlm(["--mode=fit_step_sizes", f"--workdir={workdir}"], log),
-          "eval_s": common.run_srlm([*eval_args, "--config.eval.step_sizes=fitted"], log)}
-      save()
-    if not done("eval_test_ais.json"):
+    print(f"study: {label}: training in {os.path.join(root, name)} "
+          f"(log {os.path.join(root, name)}.log)", flush=True)
+    run(name, "train_s", [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
+                          f"--workdir={os.path.join(root, name)}"])
+    if not done(name, "eval_test_ais.json"):
       print(f"study: {label}: AIS", flush=True)
-      times[name]["ais_s"] = common.run_srlm([*eval_args, "--config.eval.estimator=ais", *AIS[scale]],
-                                   log)
-      save()
-    if name in BDMC_RUNS and not done("bdmc.json"):
+      run(name, "ais_s", [*eval_args(name), "--config.eval.estimator=ais", *AIS[scale]])
+  for name in names:
+    label = RUNS[name][2]
+    if name in BDMC_RUNS and not done(name, "bdmc.json"):
       print(f"study: {label}: BDMC", flush=True)
-      times[name]["bdmc_s"] = common.run_srlm(["--mode=bdmc", f"--workdir={workdir}", *AIS[scale],
-                                     *BDMC[scale]], log)
-      save()
-    print(f"study: {label}: done ({times[name]})", flush=True)
+      run(name, "bdmc_s", ["--mode=bdmc", f"--workdir={os.path.join(root, name)}",
+                           *AIS[scale], *BDMC[scale]])
+    if not done(name, "eval_test.json"):
+      print(f"study: {label}: its own estimate", flush=True)
+      run(name, "eval_s", eval_args(name))
+    if name == "sri" and budget == 1 and _FITTED.value and not done(name, "eval_test_fitted.json"):
+      # the hand-set run's step sizes, fitted after training
+      print(f"study: {label}: step sizes fitted after training", flush=True)
+      run("sri_fitted", "fit_s", ["--mode=fit_step_sizes", f"--workdir={os.path.join(root, name)}"])
+      run("sri_fitted", "eval_s", [*eval_args(name), "--config.eval.step_sizes=fitted"])
+    print(f"study: {label}: done ({times.get(name, {})})", flush=True)
 
 
 def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
@@ -208,10 +221,10 @@ def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
     ais_kl = f"{r['ais_kl']:.2f}" if "ais_kl" in r else ""
     pair = versus_lm.get(r["run"])
     diff = f"{pair['mean']:+.2f} ± {pair['stderr']:.2f}" if pair else ""
-    mi = "" if r["mi"] is None else f"{r['mi']:.2f}"
-    print(f"| {r['method']} | {r['elbo']:.2f} | {r['nll']:.2f} | {r['kl']:.2f} | {mi} | "
-          f"{r['au']} | {r['rec']:.2f} | {own} | {ais_nll} | {diff} | {ais_kl} | {minutes} | "
-          f"{eval_minutes} | {ais_minutes} |")
+    elbo, nll, kl, mi, au, rec = ("" if r[k] is None else f"{r[k]:.2f}" if k != "au"
+                                  else str(r[k]) for k in ("elbo", "nll", "kl", "mi", "au", "rec"))
+    print(f"| {r['method']} | {elbo} | {nll} | {kl} | {mi} | {au} | {rec} | {own} | {ais_nll} "
+          f"| {diff} | {ais_kl} | {minutes} | {eval_minutes} | {ais_minutes} |")
   for r in rows:
     if "bdmc" in r:
       for b in r["bdmc"]["rows"]:
@@ -234,7 +247,8 @@ def main(argv):
   rows = []
   for name, (_, _, label) in RUNS.items():
     workdir = os.path.join(root, name)
-    if os.path.exists(os.path.join(workdir, "eval_test.json")):
+    if any(os.path.exists(os.path.join(workdir, f))
+           for f in ("eval_test.json", "eval_test_ais.json")):
       rows.append(_row(name, label, workdir, "eval_test.json", times.get(name, {})))
     if name == "sri" and os.path.exists(os.path.join(workdir, "eval_test_fitted.json")):
       fitted = _row("sri_fitted", "SRI, hand-set, step sizes fitted after training", workdir,
