@@ -34,18 +34,10 @@ _LENGTH = flags.DEFINE_integer("length", 22, "Padded length T (T - 1 LSTM steps)
 
 
 def _value_and_grad(w_h_Hx4H, keep_LxB, unroll: int):
-  """jit(grad) of sum h_t^2 over models.lstm_cell steps, scanned with this unroll factor: the
-  recurrence of models.lstm_recurrence with its unroll exposed."""
+  """jit(value_and_grad) of sum h_t^2 over models.lstm_recurrence with this unroll factor."""
   def recurrence(gates_LxBx4H, h0_BxH):
-    def step(carry, inputs):
-      h_BxH, c_BxH = carry
-      gates_Bx4H, keep_B = inputs
-      new_h, new_c = models.lstm_cell(h_BxH, c_BxH, gates_Bx4H, w_h_Hx4H)
-      new_h = jnp.where(keep_B[:, None], new_h, h_BxH)
-      new_c = jnp.where(keep_B[:, None], new_c, c_BxH)
-      return (new_h, new_c), new_h
-    _, h_LxBxH = jax.lax.scan(step, (h0_BxH, jnp.zeros_like(h0_BxH)),
-                              (gates_LxBx4H, keep_LxB), unroll=unroll)
+    h_LxBxH, _ = models.lstm_recurrence(gates_LxBx4H, w_h_Hx4H, h0_BxH, keep_LxB,
+                                        unroll=unroll)
     return jnp.sum(h_LxBxH ** 2)
   return jax.jit(jax.value_and_grad(recurrence, argnums=(0, 1)))
 

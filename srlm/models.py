@@ -43,12 +43,13 @@ def lstm_cell(h_BxH: jax.Array, c_BxH: jax.Array, gates_in_Bx4H: jax.Array,
 
 
 def lstm_recurrence(gates_in_LxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax.Array,
-                    keep_LxB: jax.Array | None = None, compute_dtype: str = "float32"
-                    ) -> tuple[jax.Array, jax.Array]:
+                    keep_LxB: jax.Array | None = None, compute_dtype: str = "float32",
+                    unroll: int = 1) -> tuple[jax.Array, jax.Array]:
   """LSTM steps over precomputed input gates, time-major.
 
   Returns (all h_t (L, B, H), the final h). Where keep_LxB is 0 the state is carried over
-  unchanged, so the final h is the one at each sentence's last real token.
+  unchanged, so the final h is the one at each sentence's last real token. unroll is
+  lax.scan's; rolled (1) is the fastest on CPU (benchmarks/lstm_unroll.py).
   """
   def step(carry, inputs):
     h_BxH, c_BxH = carry
@@ -60,7 +61,7 @@ def lstm_recurrence(gates_in_LxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax
     return (new_h, new_c), new_h
 
   (h_last, _), h_LxBxH = jax.lax.scan(step, (h0_BxH, jnp.zeros_like(h0_BxH)),
-                                      (gates_in_LxBx4H, keep_LxB))
+                                      (gates_in_LxBx4H, keep_LxB), unroll=unroll)
   return h_LxBxH, h_last
 
 
