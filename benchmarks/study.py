@@ -77,8 +77,9 @@ SCALES = {
 EVAL = {"small": ["--config.eval.num_samples=10", "--config.eval.num_posterior_chains=10"],
         "paper": ["--config.eval.num_samples=100", "--config.eval.num_posterior_chains=10"]}
 # AIS: the same for every latent run. small: N = 500 (BDMC's gap at N = 500 on both SRI
-# conventions and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on the first
-# 100 of EVAL's 200 test sentences (about 3 CPU minutes a run); paper: the whole test split.
+# conventions and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on
+# the first 100 of EVAL's 200 test sentences (about 3 CPU minutes a run); paper: the whole
+# test split.
 AIS = {"small": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
                  "--config.eval.ais_leapfrog=1", "--config.eval.max_sentences=100"],
        "paper": ["--config.eval.ais_steps=1000", "--config.eval.ais_chains=4",
@@ -167,43 +168,46 @@ def _run_all(scale: str, budget: int, root: str) -> None:
     with open(times_path, "w") as f:
       json.dump(times, f, indent=2)
 
-  def done(name: str, file_name: str) -> bool:
-    return os.path.exists(os.path.join(root, name, file_name))
-
   def run(name: str, key: str, args: list[str]) -> None:
     # Summed over invocations: a resumed run's seconds add to its first ones.
     seconds = common.run_srlm(args, os.path.join(root, f"{name}.log"))
     times.setdefault(name, {})[key] = times.get(name, {}).get(key, 0.0) + seconds
     save()
 
-  def eval_args(name: str) -> list[str]:
-    return ["--mode=eval", f"--workdir={os.path.join(root, name)}", "--config.eval.split=test",
-            *EVAL[scale]]
-
   for name in names:
     flagfile, extra, label = RUNS[name]
-    print(f"study: {label}: training in {os.path.join(root, name)} "
-          f"(log {os.path.join(root, name)}.log)", flush=True)
+    workdir = os.path.join(root, name)
+    print(f"study: {label}: training in {workdir} (log {workdir}.log)", flush=True)
     run(name, "train_s", [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
-                          f"--workdir={os.path.join(root, name)}"])
-    if not done(name, "eval_test_ais.json"):
+                          f"--workdir={workdir}"])
+    if not _done(workdir, "eval_test_ais.json"):
       print(f"study: {label}: AIS", flush=True)
-      run(name, "ais_s", [*eval_args(name), "--config.eval.estimator=ais", *AIS[scale]])
+      run(name, "ais_s", [*_eval_args(workdir, scale), "--config.eval.estimator=ais",
+                          *AIS[scale]])
   for name in names:
-    label = RUNS[name][2]
-    if name in BDMC_RUNS and not done(name, "bdmc.json"):
+    label, workdir = RUNS[name][2], os.path.join(root, name)
+    if name in BDMC_RUNS and not _done(workdir, "bdmc.json"):
       print(f"study: {label}: BDMC", flush=True)
-      run(name, "bdmc_s", ["--mode=bdmc", f"--workdir={os.path.join(root, name)}",
-                           *AIS[scale], *BDMC[scale]])
-    if not done(name, "eval_test.json"):
+      run(name, "bdmc_s", ["--mode=bdmc", f"--workdir={workdir}", *AIS[scale], *BDMC[scale]])
+    if not _done(workdir, "eval_test.json"):
       print(f"study: {label}: its own estimate", flush=True)
-      run(name, "eval_s", eval_args(name))
-    if name == "sri" and budget == 1 and _FITTED.value and not done(name, "eval_test_fitted.json"):
+      run(name, "eval_s", _eval_args(workdir, scale))
+    if (name == "sri" and budget == 1 and _FITTED.value
+        and not _done(workdir, "eval_test_fitted.json")):
       # the hand-set run's step sizes, fitted after training
       print(f"study: {label}: step sizes fitted after training", flush=True)
-      run("sri_fitted", "fit_s", ["--mode=fit_step_sizes", f"--workdir={os.path.join(root, name)}"])
-      run("sri_fitted", "eval_s", [*eval_args(name), "--config.eval.step_sizes=fitted"])
+      run("sri_fitted", "fit_s", ["--mode=fit_step_sizes", f"--workdir={workdir}"])
+      run("sri_fitted", "eval_s",
+          [*_eval_args(workdir, scale), "--config.eval.step_sizes=fitted"])
     print(f"study: {label}: done ({times.get(name, {})})", flush=True)
+
+
+def _done(workdir: str, file_name: str) -> bool:
+  return os.path.exists(os.path.join(workdir, file_name))
+
+
+def _eval_args(workdir: str, scale: str) -> list[str]:
+  return ["--mode=eval", f"--workdir={workdir}", "--config.eval.split=test", *EVAL[scale]]
 
 
 def _print_tables(rows: list[dict], pairs: list[dict]) -> None:

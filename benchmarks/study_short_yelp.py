@@ -74,6 +74,13 @@ CLASSIFY_SCALES = {"small": ['--config.analysis.label_splits=("train_100","train
 AUTHORS = {"labels": 100, "test_accuracy": 0.872, "majority": 0.605}
 
 
+def train_args(name: str, scale: str, data: list[str], workdir: str) -> list[str]:
+  """The training command of one run at one scale: its flagfile, the scale's flags for every
+  run, then those for this run only."""
+  return [f"--flagfile={RUNS[name][0]}", *data, *SCALES[scale],
+          *RUN_SCALES.get(scale, {}).get(name, []), f"--workdir={workdir}"]
+
+
 def main(argv):
   del argv
   scale = _SCALE.value
@@ -82,15 +89,14 @@ def main(argv):
   times_path = os.path.join(root, "seconds.json")
   times = common.read_json(times_path) if os.path.exists(times_path) else {}
   data = [f"--config.data.source_dir={_SOURCE_DIR.value}"]
-  for name, (flagfile, label) in RUNS.items():
+  for name, (_, label) in RUNS.items():
     if _ONLY.value and name not in _ONLY.value:
       continue
     workdir, log = os.path.join(root, name), os.path.join(root, f"{name}.log")
     times.setdefault(name, {})
     print(f"short-Yelp study: {label}: training in {workdir} (log {log})", flush=True)
     times[name]["train_s"] = times[name].get("train_s", 0.0) + common.run_srlm(
-        [f"--flagfile={flagfile}", *data, *SCALES[scale],
-         *RUN_SCALES.get(scale, {}).get(name, []), f"--workdir={workdir}"], log)
+        train_args(name, scale, data, workdir), log)
     for mode, output in (("classify", "classification.json"), ("cluster", "cluster_test.json")):
       if not os.path.exists(os.path.join(workdir, output)):
         print(f"short-Yelp study: {label}: {mode}", flush=True)
