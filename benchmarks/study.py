@@ -41,6 +41,10 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these runs (names below; --only=
                           "the table); the table reads all.")
 _FITTED = flags.DEFINE_bool("fitted", True, "Also fit the hand-set SRI run's step sizes after "
                             "training and evaluate with them (the fitted row).")
+_SECOND_PASS = flags.DEFINE_bool("second_pass", True, "After every run is trained and scored "
+                                 "with AIS, run BDMC, each method's own estimate and the fitted "
+                                 "row; --nosecond_pass stops after the AIS pass (the table still "
+                                 "has every AIS score).")
 _BUDGET = flags.DEFINE_integer("budget", 1, "Training sentences as a multiple of the scale's "
                                "(same epochs); above 1 only BUDGET_RUNS are trained.")
 
@@ -157,8 +161,8 @@ def _scale_flags(scale: str, budget: int) -> list[str]:
 
 def _run_all(scale: str, budget: int, root: str) -> None:
   """Two passes over the runs, so that a study stopped early has what matters most: first
-  every run trained and scored with AIS (the comparison), then BDMC (whether N is enough),
-  each method's own estimate and the fitted row."""
+  every run trained and scored with AIS (the comparison), then (unless --nosecond_pass) BDMC
+  on BDMC_RUNS (whether N is enough), each method's own estimate and the fitted row."""
   times_path = os.path.join(root, "seconds.json")
   times = common.read_json(times_path) if os.path.exists(times_path) else {}
   names = [n for n in ORDER if (budget == 1 or n in BUDGET_RUNS)
@@ -184,11 +188,16 @@ def _run_all(scale: str, budget: int, root: str) -> None:
       print(f"study: {label}: AIS", flush=True)
       run(name, "ais_s", [*_eval_args(workdir, scale), "--config.eval.estimator=ais",
                           *AIS[scale]])
+  if not _SECOND_PASS.value:
+    return
+  # BDMC on every run before the own estimates, which are slower (SRI's log-det evals).
   for name in names:
     label, workdir = RUNS[name][2], os.path.join(root, name)
     if name in BDMC_RUNS and not _done(workdir, "bdmc.json"):
       print(f"study: {label}: BDMC", flush=True)
       run(name, "bdmc_s", ["--mode=bdmc", f"--workdir={workdir}", *AIS[scale], *BDMC[scale]])
+  for name in names:
+    label, workdir = RUNS[name][2], os.path.join(root, name)
     if not _done(workdir, "eval_test.json"):
       print(f"study: {label}: its own estimate", flush=True)
       run(name, "eval_s", _eval_args(workdir, scale))

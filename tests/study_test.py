@@ -4,6 +4,7 @@ themselves are hours of CPU and are not run here."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -90,3 +91,62 @@ def test_short_yelp_scale_flags_for_one_run_reach_that_run_only():
   assert all(aggressive not in a for name, a in args.items() if name != "vae_aggressive")
   assert all(a[0] == f"--flagfile={flagfile}" and a[-1] == "--workdir=W"
              for flagfile, a in runs.values())
+
+
+# Runs study._run_all with srlm.main replaced by a stand-in that writes the file each command
+# would write, and prints the commands in order (one per line, as JSON).
+_RUN_ALL = """
+import json, os, sys
+sys.path.insert(0, 'benchmarks')
+import study
+from absl import flags
+flags.FLAGS(['study', *sys.argv[2:]])
+calls = []
+def fake_run_srlm(args, log_path):
+  workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
+  os.makedirs(workdir, exist_ok=True)
+  written = {'--mode=bdmc': 'bdmc.json', '--mode=eval': 'eval_test.json'}
+  name = next((written[a] for a in args if a in written), None)
+  if '--config.eval.estimator=ais' in args:
+    name = 'eval_test_ais.json'
+  if '--config.eval.step_sizes=fitted' in args:
+    name = 'eval_test_fitted.json'
+  if name:
+    open(os.path.join(workdir, name), 'w').close()
+  mode = next((a for a in args if a.startswith('--mode=')), '--mode=train')
+  calls.append([os.path.basename(workdir), mode.split('=')[1], name])
+  return 1.0
+study.common.run_srlm = fake_run_srlm
+study._run_all('small', int(os.environ.get('BUDGET', '1')), sys.argv[1])
+print(json.dumps(calls))
+"""
+
+
+def _run_all(root, *flag_args, budget=1):
+  out = subprocess.run([sys.executable, "-c", _RUN_ALL, str(root), *flag_args], cwd=REPO,
+                       capture_output=True, text=True, check=True, timeout=120,
+                       env={**os.environ, "BUDGET": str(budget)}).stdout
+  return json.loads(out.splitlines()[-1])
+
+
+def test_study_scores_every_run_with_ais_first_and_resumes_without_redoing_work(tmp_path):
+  calls = _run_all(tmp_path, "--nosecond_pass", budget=4)
+  # The AIS pass alone: each budget run trained, then scored with AIS, nothing else.
+  assert calls == [[n, m, f] for n in study.ORDER if n in study.BUDGET_RUNS
+                   for m, f in (("train", None), ("eval", "eval_test_ais.json"))]
+
+  calls = _run_all(tmp_path, budget=4)
+  trained = [c for c in calls if c[1] == "train"]
+  rest = [c for c in calls if c[1] != "train"]
+  # Resumed: training is called again (it resumes from its checkpoint), AIS is not redone.
+  assert [c[0] for c in trained] == [n for n in study.ORDER if n in study.BUDGET_RUNS]
+  assert all(c[2] != "eval_test_ais.json" for c in rest)
+  # BDMC on every BDMC run before any own estimate (the slow SRI log-det evals come last).
+  modes = [c[1] for c in rest]
+  assert modes == ["bdmc"] * len(study.BDMC_RUNS) + ["eval"] * len(study.BUDGET_RUNS)
+  assert sorted(c[0] for c in rest if c[1] == "bdmc") == sorted(study.BDMC_RUNS)
+  # No fitted row at a larger budget.
+  assert all(c[2] != "eval_test_fitted.json" for c in calls)
+
+  # Everything done: only the training calls (each a resume that returns at once) remain.
+  assert all(c[1] == "train" for c in _run_all(tmp_path, budget=4))
