@@ -57,10 +57,12 @@ RUNS = {
     "vae_anneal": ("launch/ptb_vae.flags", [], "VAE + KL annealing"),
     "vae_fb": ("launch/ptb_vae_fb.flags", [], "VAE + KL annealing + free bits"),
     "savae": ("launch/ptb_savae.flags", [], "SA-VAE"),
-    "sri": ("launch/ptb.flags", [], "SRI, hand-set step sizes"),
+    "sri": ("launch/ptb.flags", ["--config.train.gradient=final"],
+            "SRI, hand-set step sizes (the method as written)"),
     "sri_accumulated": ("launch/ptb.flags", ["--config.train.gradient=accumulated"],
                         "SRI, hand-set, gradient accumulated over the chain (authors' code)"),
-    "sri_learned": ("launch/ptb_sri_learned.flags", [], "SRI, learned step sizes"),
+    "sri_learned": ("launch/ptb_sri_learned.flags", [],
+                    "SRI, learned step sizes, gradient accumulated (launch/ptb.flags)"),
 }
 
 # The same for every run. small: a 3,200-sentence slice of PTB's training split (100 batches
