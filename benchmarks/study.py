@@ -278,7 +278,7 @@ def main(argv):
       [paired_difference(r, by_run["lm"]) for r in rows if r["run"] != "lm" and "lm" in by_run]
       + [paired_difference(by_run[a], by_run[b]) for a, b in (
           ("sri", "vae_fb"), ("sri_accumulated", "sri"), ("sri_accumulated", "vae_fb"),
-          ("sri_learned", "sri")) if a in by_run and b in by_run]) if p]
+          ("sri_learned", "sri_accumulated")) if a in by_run and b in by_run]) if p]
   flags_used = {name: [RUNS[name][0], *RUNS[name][1]] for name in RUNS}
   path = common.write_result(f"study_{scale}{suffix}", {
       "command": f"launch/study.sh --scale={scale}" + (f" --budget={budget}" if suffix else ""),
