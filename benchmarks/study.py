@@ -251,14 +251,8 @@ def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
           f"({p['num_sentences']} sentences)")
 
 
-def main(argv):
-  del argv
-  scale, budget = _SCALE.value, _BUDGET.value
-  suffix = "" if budget == 1 else f"_x{budget}"
-  root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
-  os.makedirs(root, exist_ok=True)
-  _run_all(scale, budget, root)
-  times = common.read_json(os.path.join(root, "seconds.json"))
+def _rows(root: str, times: dict) -> list[dict]:
+  """The table's rows from the runs' files under root (a run with neither eval is left out)."""
   rows = []
   for name, (_, _, label) in RUNS.items():
     workdir = os.path.join(root, name)
@@ -273,20 +267,59 @@ def main(argv):
       fitted.update(valid_elbo_before=fit["valid_elbo_before"],
                     valid_elbo_after=fit["valid_elbo_after"])
       rows.append(fitted)
+  return rows
+
+
+def main(argv):
+  del argv
+  scale, budget = _SCALE.value, _BUDGET.value
+  suffix = "" if budget == 1 else f"_x{budget}"
+  root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
+  os.makedirs(root, exist_ok=True)
+  _run_all(scale, budget, root)
+  rows = _rows(root, common.read_json(os.path.join(root, "seconds.json")))
   by_run = {r["run"]: r for r in rows}
   pairs = [p for p in (
       [paired_difference(r, by_run["lm"]) for r in rows if r["run"] != "lm" and "lm" in by_run]
       + [paired_difference(by_run[a], by_run[b]) for a, b in (
           ("sri", "vae_fb"), ("sri_accumulated", "sri"), ("sri_accumulated", "vae_fb"),
           ("sri_learned", "sri_accumulated")) if a in by_run and b in by_run]) if p]
+  root_1 = os.path.join("workdirs", f"study_{scale}")
+  changes = (budget_changes(rows, _rows(root_1, common.read_json(
+      os.path.join(root_1, "seconds.json")))) if budget > 1 and not _WORKDIR.value
+             and os.path.exists(os.path.join(root_1, "seconds.json")) else [])
   flags_used = {name: [RUNS[name][0], *RUNS[name][1]] for name in RUNS}
   path = common.write_result(f"study_{scale}{suffix}", {
       "command": f"launch/study.sh --scale={scale}" + (f" --budget={budget}" if suffix else ""),
       "scale_flags": _scale_flags(scale, budget), "eval_flags": EVAL[scale],
       "ais_flags": AIS[scale], "bdmc_flags": BDMC[scale], "runs": flags_used, "workdir": root,
-      "rows": rows, "paired_ais_differences": pairs})
+      "rows": rows, "paired_ais_differences": pairs,
+      **({"versus_budget_1": changes, "budget_1_workdir": root_1} if changes else {})})
   _print_tables(rows, pairs)
+  for c in changes:
+    print(f"budget {budget} vs 1, {c['run']}: AIS NLL {c['nll_change']['mean']:+.2f} ± "
+          f"{c['nll_change']['stderr']:.2f}; minus the LM's "
+          + (f"{c['versus_lm_1']['mean']:+.2f} at 1, {c['versus_lm']['mean']:+.2f} here"
+             if c["run"] != "lm" else "0 at both"))
   print(f"wrote {path}")
+
+
+def budget_changes(rows: list[dict], rows_1: list[dict]) -> list[dict]:
+  """For each run at both budgets (the same AIS sentences): how its AIS NLL changed, paired
+  sentence by sentence, and its paired distance to the LM at each budget."""
+  by_run_1 = {r["run"]: r for r in rows_1}
+  by_run = {r["run"]: r for r in rows}
+  out = []
+  for r in rows:
+    r_1 = by_run_1.get(r["run"])
+    if r_1 is None or "ais_sentence_nll" not in r or "ais_sentence_nll" not in r_1:
+      continue
+    change = {"run": r["run"], "nll_change": paired_difference(r, r_1)}
+    if r["run"] != "lm" and "lm" in by_run and "lm" in by_run_1:
+      change.update(versus_lm=paired_difference(r, by_run["lm"]),
+                    versus_lm_1=paired_difference(r_1, by_run_1["lm"]))
+    out.append(change)
+  return out
 
 
 if __name__ == "__main__":

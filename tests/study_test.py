@@ -31,7 +31,7 @@ def _ais_json(nll_by_line: dict[int, float]) -> dict:
 
 
 def _write(path, name, content):
-  path.mkdir(exist_ok=True)
+  path.mkdir(parents=True, exist_ok=True)
   (path / name).write_text(json.dumps(content))
 
 
@@ -150,3 +150,18 @@ def test_study_scores_every_run_with_ais_first_and_resumes_without_redoing_work(
 
   # Everything done: only the training calls (each a resume that returns at once) remain.
   assert all(c[1] == "train" for c in _run_all(tmp_path, budget=4))
+
+
+def test_budget_changes_pair_each_run_with_itself_and_with_the_lm_at_each_budget(tmp_path):
+  nll = {("1", "lm"): {1: 20.0, 2: 30.0, 3: 40.0}, ("1", "sri"): {1: 21.0, 2: 31.0, 3: 42.0},
+         ("4", "lm"): {1: 18.0, 2: 27.0, 3: 36.0}, ("4", "sri"): {1: 17.0, 2: 27.0, 3: 34.0}}
+  rows = {b: [] for b in "14"}
+  for (b, run), by_line in nll.items():
+    _write(tmp_path / b / run, "eval_test_ais.json", _ais_json(by_line))
+    rows[b].append(study._row(run, run, str(tmp_path / b / run), "eval_test.json", {}))
+  lm, sri = study.budget_changes(rows["4"], rows["1"])
+  assert lm["run"] == "lm" and "versus_lm" not in lm
+  assert lm["nll_change"]["mean"] == pytest.approx(-3.0)
+  assert sri["nll_change"]["mean"] == pytest.approx((-4.0 - 4.0 - 8.0) / 3)
+  assert sri["versus_lm_1"]["mean"] == pytest.approx(4.0 / 3)
+  assert sri["versus_lm"]["mean"] == pytest.approx(-1.0)
