@@ -47,6 +47,8 @@ _SECOND_PASS = flags.DEFINE_bool("second_pass", True, "After every run is traine
                                  "has every AIS score).")
 _BUDGET = flags.DEFINE_integer("budget", 1, "Training sentences as a multiple of the scale's "
                                "(same epochs); above 1 only BUDGET_RUNS are trained.")
+_SEED = flags.DEFINE_integer("seed", 0, "--config.train.seed of every run (initialisation, "
+                             "data order, chains); not 0: workdirs and results get _seed<N>.")
 
 # name -> (flagfile, extra flags, what it is). Each VAE variant is its launch flagfile.
 RUNS = {
@@ -161,7 +163,7 @@ def _scale_flags(scale: str, budget: int) -> list[str]:
   return flags_out
 
 
-def _run_all(scale: str, budget: int, root: str) -> None:
+def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
   """Two passes over the runs, so that a study stopped early has what matters most: first
   every run trained and scored with AIS (the comparison), then (unless --nosecond_pass) BDMC
   on BDMC_RUNS (whether N is enough), each method's own estimate and the fitted row."""
@@ -185,6 +187,7 @@ def _run_all(scale: str, budget: int, root: str) -> None:
     workdir = os.path.join(root, name)
     print(f"study: {label}: training in {workdir} (log {workdir}.log)", flush=True)
     run(name, "train_s", [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
+                          *([f"--config.train.seed={seed}"] if seed else []),
                           f"--workdir={workdir}"])
     if not _done(workdir, "eval_test_ais.json"):
       print(f"study: {label}: AIS", flush=True)
@@ -272,11 +275,11 @@ def _rows(root: str, times: dict) -> list[dict]:
 
 def main(argv):
   del argv
-  scale, budget = _SCALE.value, _BUDGET.value
-  suffix = "" if budget == 1 else f"_x{budget}"
+  scale, budget, seed = _SCALE.value, _BUDGET.value, _SEED.value
+  suffix = ("" if budget == 1 else f"_x{budget}") + (f"_seed{seed}" if seed else "")
   root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
   os.makedirs(root, exist_ok=True)
-  _run_all(scale, budget, root)
+  _run_all(scale, budget, root, seed)
   rows = _rows(root, common.read_json(os.path.join(root, "seconds.json")))
   by_run = {r["run"]: r for r in rows}
   pairs = [p for p in (
@@ -284,29 +287,33 @@ def main(argv):
       + [paired_difference(by_run[a], by_run[b]) for a, b in (
           ("sri", "vae_fb"), ("sri_accumulated", "sri"), ("sri_accumulated", "vae_fb"),
           ("sri_learned", "sri_accumulated")) if a in by_run and b in by_run]) if p]
+  # A larger budget or another seed is compared with the reference study (budget 1, seed 0).
   root_1 = os.path.join("workdirs", f"study_{scale}")
   changes = (budget_changes(rows, _rows(root_1, common.read_json(
-      os.path.join(root_1, "seconds.json")))) if budget > 1 and not _WORKDIR.value
+      os.path.join(root_1, "seconds.json")))) if suffix and not _WORKDIR.value
              and os.path.exists(os.path.join(root_1, "seconds.json")) else [])
   flags_used = {name: [RUNS[name][0], *RUNS[name][1]] for name in RUNS}
   path = common.write_result(f"study_{scale}{suffix}", {
-      "command": f"launch/study.sh --scale={scale}" + (f" --budget={budget}" if suffix else ""),
+      "command": f"launch/study.sh --scale={scale}" + (f" --budget={budget}" if budget > 1
+                                                       else "") + (f" --seed={seed}" if seed
+                                                                   else ""),
       "scale_flags": _scale_flags(scale, budget), "eval_flags": EVAL[scale],
       "ais_flags": AIS[scale], "bdmc_flags": BDMC[scale], "runs": flags_used, "workdir": root,
       "rows": rows, "paired_ais_differences": pairs,
-      **({"versus_budget_1": changes, "budget_1_workdir": root_1} if changes else {})})
+      **({"versus_reference": changes, "reference_workdir": root_1} if changes else {})})
   _print_tables(rows, pairs)
   for c in changes:
-    print(f"budget {budget} vs 1, {c['run']}: AIS NLL {c['nll_change']['mean']:+.2f} ± "
+    print(f"{root} vs {root_1}, {c['run']}: AIS NLL {c['nll_change']['mean']:+.2f} ± "
           f"{c['nll_change']['stderr']:.2f}; minus the LM's "
-          + (f"{c['versus_lm_1']['mean']:+.2f} at 1, {c['versus_lm']['mean']:+.2f} here"
+          + (f"{c['versus_lm_1']['mean']:+.2f} there, {c['versus_lm']['mean']:+.2f} here"
              if c["run"] != "lm" else "0 at both"))
   print(f"wrote {path}")
 
 
 def budget_changes(rows: list[dict], rows_1: list[dict]) -> list[dict]:
-  """For each run at both budgets (the same AIS sentences): how its AIS NLL changed, paired
-  sentence by sentence, and its paired distance to the LM at each budget."""
+  """For each run in both studies (another budget or seed against the reference; the same AIS
+  sentences): how its AIS NLL changed, paired sentence by sentence, and its paired distance to
+  the LM in each."""
   by_run_1 = {r["run"]: r for r in rows_1}
   by_run = {r["run"]: r for r in rows}
   out = []
