@@ -118,14 +118,15 @@ def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> 
                kind=result["model_kind"], checkpoint_step=result["checkpoint_step"],
                step_sizes=result.get("step_sizes"))
   ais_path = os.path.join(workdir, "eval_test_ais.json")
-  if eval_file == "eval_test.json" and os.path.exists(ais_path):
-    ais = common.read_json(ais_path)
-    if result:
-      # The method's own estimate on AIS's sentences (its first ones), for a paired comparison.
-      own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
-      own_on_ais = [own[line] for line in ais["sentence_lines"]]
-      row["nll_on_ais_sentences"] = sum(own_on_ais) / len(own_on_ais)
-    else:
+  ais = common.read_json(ais_path) if os.path.exists(ais_path) else None
+  if ais and result:
+    # The own estimate on AIS's sentences (its first ones), for a paired comparison; also for
+    # the fitted row, whose decoder (so whose AIS score) is the plain row's.
+    own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
+    own_on_ais = [own[line] for line in ais["sentence_lines"]]
+    row["nll_on_ais_sentences"] = sum(own_on_ais) / len(own_on_ais)
+  if eval_file == "eval_test.json" and ais:
+    if not result:
       row.update(kind=ais["model_kind"], checkpoint_step=ais["checkpoint_step"])
     row.update(ais_num_sentences=ais["num_sentences"], ais_nll=ais["nll"], ais_ppl=ais["ppl"],
                ais_kl=ais["kl"], ais_rec=ais["rec"],
@@ -185,14 +186,17 @@ def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
   for name in names:
     flagfile, extra, label = RUNS[name]
     workdir = os.path.join(root, name)
+    if _done(workdir, "eval_test_ais.json"):
+      # Scored, so its training had finished: resuming it would only add start-up seconds to
+      # its training minutes.
+      continue
     print(f"study: {label}: training in {workdir} (log {workdir}.log)", flush=True)
     run(name, "train_s", [f"--flagfile={flagfile}", *extra, *_scale_flags(scale, budget),
                           *([f"--config.train.seed={seed}"] if seed else []),
                           f"--workdir={workdir}"])
-    if not _done(workdir, "eval_test_ais.json"):
-      print(f"study: {label}: AIS", flush=True)
-      run(name, "ais_s", [*_eval_args(workdir, scale), "--config.eval.estimator=ais",
-                          *AIS[scale]])
+    print(f"study: {label}: AIS", flush=True)
+    run(name, "ais_s", [*_eval_args(workdir, scale), "--config.eval.estimator=ais",
+                        *AIS[scale]])
   if not _SECOND_PASS.value:
     return
   # BDMC on every run before the own estimates, which are slower (SRI's log-det evals).

@@ -52,6 +52,12 @@ def test_row_stands_on_ais_alone_and_gains_the_own_estimate_when_it_exists(tmp_p
   assert row["nll_on_ais_sentences"] == 18.0
   assert row["elbo"] == -(row["rec"] + row["kl"])
 
+  # The fitted row: its own estimate on AIS's sentences too, but no AIS columns of its own
+  # (its decoder, so its AIS score, is the plain row's).
+  _write(workdir, "eval_test_fitted.json", _eval_json({1: 11.0, 2: 22.0, 3: 90.0}))
+  fitted = study._row("sri_fitted", "fitted", str(workdir), "eval_test_fitted.json", {})
+  assert fitted["nll_on_ais_sentences"] == 16.5 and "ais_nll" not in fitted
+
 
 def test_paired_difference_is_per_sentence_and_refuses_other_sentences(tmp_path):
   for name, nll in (("a", {1: 11.0, 2: 23.0, 3: 30.0}), ("b", {1: 10.0, 2: 20.0, 3: 31.0})):
@@ -135,12 +141,19 @@ def test_study_scores_every_run_with_ais_first_and_resumes_without_redoing_work(
   assert calls == [[n, m, f] for n in study.ORDER if n in study.BUDGET_RUNS
                    for m, f in (("train", None), ("eval", "eval_test_ais.json"))]
 
+  # A run stopped before its AIS landed (here: its file removed) is resumed and scored again.
+  unscored = study.BUDGET_RUNS[-1]
+  os.remove(tmp_path / unscored / "eval_test_ais.json")
+  train_seconds = json.loads((tmp_path / "seconds.json").read_text())
   calls = _run_all(tmp_path, budget=4)
-  trained = [c for c in calls if c[1] == "train"]
-  rest = [c for c in calls if c[1] != "train"]
-  # Resumed: training is called again (it resumes from its checkpoint), AIS is not redone.
-  assert [c[0] for c in trained] == [n for n in study.ORDER if n in study.BUDGET_RUNS]
-  assert all(c[2] != "eval_test_ais.json" for c in rest)
+  # Resumed: only that run is trained (resumed from its checkpoint) and scored with AIS again;
+  # the scored runs' training is not called, so their minutes do not grow.
+  assert calls[:2] == [[unscored, "train", None], [unscored, "eval", "eval_test_ais.json"]]
+  rest = calls[2:]
+  assert all(c[1] != "train" and c[2] != "eval_test_ais.json" for c in rest)
+  times = json.loads((tmp_path / "seconds.json").read_text())
+  assert {n: t["train_s"] for n, t in times.items()} == {
+      n: t["train_s"] + (n == unscored) for n, t in train_seconds.items()}
   # BDMC on every BDMC run before any own estimate (the slow SRI log-det evals come last).
   modes = [c[1] for c in rest]
   assert modes == ["bdmc"] * len(study.BDMC_RUNS) + ["eval"] * len(study.BUDGET_RUNS)
@@ -148,8 +161,8 @@ def test_study_scores_every_run_with_ais_first_and_resumes_without_redoing_work(
   # No fitted row at a larger budget.
   assert all(c[2] != "eval_test_fitted.json" for c in calls)
 
-  # Everything done: only the training calls (each a resume that returns at once) remain.
-  assert all(c[1] == "train" for c in _run_all(tmp_path, budget=4))
+  # Everything done: nothing is called.
+  assert _run_all(tmp_path, budget=4) == []
 
 
 def test_budget_changes_pair_each_run_with_itself_and_with_the_lm_at_each_budget(tmp_path):
