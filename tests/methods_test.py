@@ -19,6 +19,7 @@ from srlm import methods
 from srlm import runs
 from srlm import state as state_lib
 from srlm import train
+from srlm.errors import UserError
 from srlm.methods import base
 
 from helpers import REPO, VOCAB, copy_workdir, random_batch, replace, tiny_flagfile
@@ -158,3 +159,25 @@ def test_every_method_trains_and_evaluates_from_its_tiny_flagfile(kind, trained_
     assert len(analysis.sample_prior(config, run)) == 2
   else:
     assert result["kl"] == result["mi"] == result["au"] == 0 and result["rec"] == result["nll"]
+
+  # AIS and BDMC need nothing of the method but Latent.log_likelihood: they run on every one.
+  ais_config = config_lib.load_run_config(workdir, {
+      "eval.max_sentences": 4, "eval.num_samples": 2, "eval.estimator": "ais",
+      "eval.ais_steps": 3, "eval.ais_chains": 2, "eval.bdmc_steps": (2,),
+      "eval.bdmc_sentences": 2})
+  ais_result = evaluate.evaluate_workdir(ais_config, workdir)
+  assert ais_result["path"].endswith("eval_test_ais.json")
+  # eval's keys, less the settings of the method's own proposal (its chains), which AIS does
+  # not use.
+  own_settings = set(run.method.report.eval_settings(run.params))
+  assert set(ais_result) >= set(result) - own_settings
+  assert ais_result["num_sentences"] == result["num_sentences"]
+  if not run.method.latent_dim:
+    assert ais_result["nll"] == result["nll"] and ais_result["ais_acceptance_rate"] is None
+    with pytest.raises(UserError, match="no latent"):
+      evaluate.bdmc_workdir(ais_config, workdir)
+    return
+  assert np.isfinite(ais_result["nll"]) and 0 <= ais_result["ais_acceptance_rate"] <= 1
+  assert 1 <= ais_result["ais_ess"] <= 2 + 1e-5
+  (row,) = evaluate.bdmc_workdir(ais_config, workdir)["rows"]
+  assert row["ais_steps"] == 2 and np.isfinite(row["gap"])
