@@ -35,7 +35,8 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
 
-_SCALE = flags.DEFINE_enum("scale", "small", ["small", "paper"], "Study size (see above).")
+_SCALE = flags.DEFINE_enum("scale", "small", ["small", "full_data", "paper"],
+                           "Study size (see above).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the runs go; default workdirs/study_<scale>.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these runs (names below; --only=none: just "
                           "the table); the table reads all.")
@@ -79,10 +80,22 @@ SCALES = {
               "--config.train.num_epochs=3", "--config.train.log_every_steps=25",
               "--config.train.checkpoint_every_steps=100", "--config.vae.kl_warmup_epochs=1",
               "--config.langevin.learn_every=10", "--config.langevin.fit_steps=20"],
+    # All of PTB's training split at the flagfiles' sizes (E = H = 256, D = 32, V = 10,002, the
+    # paper's buckets) for 2 epochs: about 27 CPU-minutes an SRI epoch on 2 cores, so the
+    # study fits about 5 CPU-hours. A checkpoint every 200 steps (about 4 SRI minutes), as the
+    # study spans sessions; the VAE's KL annealing over the first of the 2 epochs (the small
+    # study's 1 of 3; the flagfile's 10 of 60 would end the run at a KL weight of 0.28).
+    "full_data": ["--config.train.num_epochs=2", "--config.train.log_every_steps=50",
+                  "--config.train.checkpoint_every_steps=200",
+                  "--config.vae.kl_warmup_epochs=1"],
     "paper": [],
 }
 # Evaluation: the same M (importance samples, i.e. chains or draws of q) and S for every run.
 EVAL = {"small": ["--config.eval.num_samples=10", "--config.eval.num_posterior_chains=10"],
+        # full_data: each method's own estimate on the first 100 test sentences (a subset of
+        # AIS's 500: SRI's log-det estimate costs about 0.8 s per sentence and chain here).
+        "full_data": ["--config.eval.num_samples=10", "--config.eval.num_posterior_chains=10",
+                      "--config.eval.max_sentences=100"],
         "paper": ["--config.eval.num_samples=100", "--config.eval.num_posterior_chains=10"]}
 # AIS: the same for every latent run. small: N = 500 (BDMC's gap at N = 500 on both SRI
 # conventions and the free-bits VAE is in the table; README says why this N), C = 4, L = 1, on
@@ -90,9 +103,15 @@ EVAL = {"small": ["--config.eval.num_samples=10", "--config.eval.num_posterior_c
 # test split.
 AIS = {"small": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
                  "--config.eval.ais_leapfrog=1", "--config.eval.max_sentences=100"],
+       # full_data: the first 500 test sentences, N = 500 as in the small study, checked
+       # again by BDMC at this scale (N = 1,000 in BDMC says what a larger N would change).
+       "full_data": ["--config.eval.ais_steps=500", "--config.eval.ais_chains=4",
+                     "--config.eval.ais_leapfrog=1", "--config.eval.max_sentences=500"],
        "paper": ["--config.eval.ais_steps=1000", "--config.eval.ais_chains=4",
                  "--config.eval.ais_leapfrog=1"]}
 BDMC = {"small": ["--config.eval.bdmc_steps=(100,500)", "--config.eval.bdmc_sentences=32"],
+        "full_data": ["--config.eval.bdmc_steps=(100,500,1000)",
+                      "--config.eval.bdmc_sentences=32"],
         "paper": ["--config.eval.bdmc_steps=(100,1000,5000)",
                   "--config.eval.bdmc_sentences=64"]}
 BDMC_RUNS = ("sri", "vae_fb", "sri_accumulated")
@@ -101,6 +120,9 @@ BDMC_RUNS = ("sri", "vae_fb", "sri_accumulated")
 ORDER = ("lm", "sri", "vae_fb", "sri_accumulated", "vae", "vae_anneal", "sri_learned", "savae")
 # The runs of a larger budget: the LM, the VAE that keeps a latent, both SRI conventions.
 BUDGET_RUNS = ("lm", "vae_fb", "sri", "sri_accumulated")
+# Scales that train only some runs, in their own order (--only adds the others, such as
+# full_data's optional sri_learned): the headline convention (launch/ptb.flags) first.
+SCALE_RUNS = {"full_data": ("lm", "sri_accumulated", "sri", "vae_fb")}
 
 
 OWN_COLUMNS = ("elbo", "nll", "ppl", "kl", "mi", "au", "rec", "num_sentences", "num_samples")
@@ -122,9 +144,14 @@ def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> 
   if ais and result:
     # The own estimate on AIS's sentences (its first ones), for a paired comparison; also for
     # the fitted row, whose decoder (so whose AIS score) is the plain row's.
+    # The own estimate may cover fewer sentences than AIS (full_data): both on the shared ones.
     own = dict(zip(result["sentence_lines"], result["sentence_nll"]))
-    own_on_ais = [own[line] for line in ais["sentence_lines"]]
-    row["nll_on_ais_sentences"] = sum(own_on_ais) / len(own_on_ais)
+    by_ais = dict(zip(ais["sentence_lines"], ais["sentence_nll"]))
+    shared = [line for line in ais["sentence_lines"] if line in own]
+    if shared:
+      row["nll_on_ais_sentences"] = sum(own[l] for l in shared) / len(shared)
+      row["ais_nll_on_shared_sentences"] = sum(by_ais[l] for l in shared) / len(shared)
+      row["shared_sentences"] = len(shared)
   if eval_file == "eval_test.json" and ais:
     if not result:
       row.update(kind=ais["model_kind"], checkpoint_step=ais["checkpoint_step"])
@@ -154,8 +181,8 @@ def paired_difference(a: dict, b: dict) -> dict | None:
 def _scale_flags(scale: str, budget: int) -> list[str]:
   if budget == 1:
     return SCALES[scale]
-  if scale == "paper":
-    raise SystemExit("study: --budget applies to --scale=small (paper uses all of PTB)")
+  if scale != "small":
+    raise SystemExit(f"study: --budget applies to --scale=small ({scale} uses all of PTB)")
   flags_out = []
   for flag in SCALES[scale]:
     if flag.startswith("--config.data.max_train_sentences="):
@@ -164,14 +191,24 @@ def _scale_flags(scale: str, budget: int) -> list[str]:
   return flags_out
 
 
+def run_names(scale: str, budget: int, only: list[str]) -> list[str]:
+  """The runs a study trains, in order: --only's (in the scale's order, then ORDER's), else the
+  scale's own (SCALE_RUNS), else every run of the budget."""
+  order = [*SCALE_RUNS.get(scale, ()), *(n for n in ORDER if n not in SCALE_RUNS.get(scale, ()))]
+  if only:
+    return [n for n in order if n in only]
+  if scale in SCALE_RUNS:
+    return list(SCALE_RUNS[scale])
+  return [n for n in order if budget == 1 or n in BUDGET_RUNS]
+
+
 def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
   """Two passes over the runs, so that a study stopped early has what matters most: first
   every run trained and scored with AIS (the comparison), then (unless --nosecond_pass) BDMC
   on BDMC_RUNS (whether N is enough), each method's own estimate and the fitted row."""
   times_path = os.path.join(root, "seconds.json")
   times = common.read_json(times_path) if os.path.exists(times_path) else {}
-  names = [n for n in ORDER if (budget == 1 or n in BUDGET_RUNS)
-           and (not _ONLY.value or n in _ONLY.value)]
+  names = run_names(scale, budget, _ONLY.value)
 
   def save():
     with open(times_path, "w") as f:
@@ -210,7 +247,7 @@ def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
     if not _done(workdir, "eval_test.json"):
       print(f"study: {label}: its own estimate", flush=True)
       run(name, "eval_s", _eval_args(workdir, scale))
-    if (name == "sri" and budget == 1 and _FITTED.value
+    if (name == "sri" and budget == 1 and _FITTED.value and scale != "full_data"
         and not _done(workdir, "eval_test_fitted.json")):
       # the hand-set run's step sizes, fitted after training
       print(f"study: {label}: step sizes fitted after training", flush=True)
