@@ -20,6 +20,7 @@ from srlm import parallel
 from srlm import plots
 from srlm import probes
 from srlm import reporting
+from srlm import runtime
 from srlm import runs
 from srlm import sampling
 from srlm.config import Config
@@ -190,7 +191,7 @@ def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str
   method = _method(config, run)
   record = {"split": split_name, "checkpoint_step": run.step, "model_kind": method.name,
             "num_sentences": len(split), "seed": config.analysis.seed,
-            **method.latent.feature_settings}
+            "matmul_precision": runtime.precision_in_force(), **method.latent.feature_settings}
   record_path = os.path.join(workdir, f"features_{split_name}.json")
   features_path = os.path.join(workdir, f"features_{split_name}.npy")
   labels_path = os.path.join(workdir, f"labels_{split_name}.npy")
@@ -245,7 +246,8 @@ def classify(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   result = {"checkpoint_step": run.step, "select_split": a.select_split,
             "test_split": a.test_split, "num_test": len(test.labels),
             "majority_test_accuracy": probes.majority_accuracy(train_sets[-1], test),
-            "features": _method(config, run).latent.features, "rows": rows}
+            "features": _method(config, run).latent.features, "rows": rows,
+            "matmul_precision": runtime.precision_in_force()}
   result["path"] = os.path.join(workdir, "classification.json")
   reporting.write_json_atomic(result["path"], result)
   return result
@@ -271,6 +273,7 @@ def cluster(config: Config, run: runs.TrainedRun, workdir: str) -> dict:
   _labelled_split(config, run, config.analysis.split, "split")
   data = features(config, run, config.analysis.split, workdir)
   result = {"checkpoint_step": run.step, "features": _method(config, run).latent.features,
+            "matmul_precision": runtime.precision_in_force(),
             **probes.cluster(data, seed=config.analysis.seed)}
   result["path"] = os.path.join(workdir, f"cluster_{data.name}.json")
   reporting.write_json_atomic(result["path"], result)
@@ -285,6 +288,12 @@ def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
 def run_mode(mode: str, config: Config, workdir: str,
              mesh: jax.sharding.Mesh | None = None) -> tuple[str, str]:
   """Runs an analysis mode on a trained workdir; returns (what to print, the file written)."""
+  with runtime.evaluation_precision(config):
+    return _run_mode(mode, config, workdir, mesh)
+
+
+def _run_mode(mode: str, config: Config, workdir: str,
+              mesh: jax.sharding.Mesh | None) -> tuple[str, str]:
   run = runs.restore_trained(config, workdir, mesh)
   a = config.analysis
   if mode == "sample":

@@ -253,6 +253,11 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
       "before anything else: one process per host (or per GPU), all running the same "
       "command. The launchers in launch/ set SRLM_DISTRIBUTED=1, which does the same.",
       flag_values=flag_values)
+  flags.DEFINE_string(
+      "compilation_cache", "default", "JAX's persistent compilation cache, so that a resumed "
+      "or repeated run compiles nothing it compiled before: 'default' ($SRLM_CACHE_DIR, else "
+      "$XDG_CACHE_HOME/srlm/xla or ~/.cache/srlm/xla), a directory, or 'off'.",
+      flag_values=flag_values)
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
@@ -273,7 +278,7 @@ def help_text() -> str:
   _define_flags(flag_values)
   lines = [USAGE, "", "Flags:", "  --flagfile=FILE: flags from FILE, one per line; a flagfile may "
            "include others."]
-  for name in ("workdir", "mode", "distributed"):
+  for name in ("workdir", "mode", "distributed", "compilation_cache"):
     flag = flag_values[name]
     lines.append(f"  --{name} (default {flag.default!r})")
     lines += textwrap.wrap(flag.help, 92, initial_indent="      ", subsequent_indent="      ")
@@ -337,6 +342,7 @@ def _run_mode(flag_values: flags.FlagValues, config: config_lib.Config,
   from srlm import methods  # pylint: disable=import-outside-toplevel
   from srlm import parallel  # pylint: disable=import-outside-toplevel
   from srlm import reporting  # pylint: disable=import-outside-toplevel
+  from srlm import runtime  # pylint: disable=import-outside-toplevel
   from srlm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   if len(rest) > 1:
     raise ConfigError(f"unexpected arguments {rest[1:]}; flags are written --name=value.")
@@ -345,18 +351,26 @@ def _run_mode(flag_values: flags.FlagValues, config: config_lib.Config,
     raise ConfigError("--workdir is required: the directory where the run's checkpoints and "
                       "metrics go.")
   _set_up_logging()
-  if parallel.distributed_requested(flag_values["distributed"].value):
-    parallel.initialize_distributed()
-    if not reporting.is_writer():
-      logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
   # Every mode writes into the workdir: find out now, not after the work.
   workdir_lib.check_writable(workdir, create=mode == "train")
   if mode != "train":
     config = config_lib.load_run_config(workdir, _given_config_overrides(flag_values))
   methods.validate(config)
+  # Before anything starts JAX's backend (the distributed runtime, the devices): XLA reads its
+  # flags once, when the backend starts.
+  runtime.set_deterministic(config.train.deterministic)
+  cache = runtime.enable_compilation_cache(flag_values["compilation_cache"].value)
+  if parallel.distributed_requested(flag_values["distributed"].value):
+    parallel.initialize_distributed()
+    if not reporting.is_writer():
+      logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
   # The run's devices, made once and handed to the mode.
   mesh = parallel.make_mesh(config.parallel.num_devices)
   code, text = MODES[mode].run(config, workdir, mesh)
+  if cache:
+    counts = runtime.cache_counts()
+    logging.info("Compilation cache %s: %d programs reused, %d compiled.", cache,
+                 counts["hits"], counts["misses"])
   if text and reporting.is_writer():
     print(text)
   return code

@@ -115,6 +115,13 @@ class TrainConfig:
   # At every epoch end, also compute AU and MI on the validation split (S chains per
   # sentence, see EvalConfig); the log-det NLL is left to --mode=eval.
   epoch_latent_metrics: bool = False
+  # Float32 matmul precision of training and its per-epoch validation (srlm/runtime.py):
+  # "default" (the backend's fast path: reduced precision, TF32, on GPUs; full float32 on
+  # the CPU), "high" or "highest" (full float32 everywhere).
+  matmul_precision: str = "default"
+  # Ask XLA for deterministic ops (set before the backend starts), so that a GPU run repeats
+  # bit for bit and a resumed run equals the uninterrupted one; the CPU is deterministic anyway.
+  deterministic: bool = False
 
 
 @dataclasses.dataclass
@@ -180,6 +187,9 @@ class EvalConfig:
   bdmc_sentences: int = 32
   bdmc_steps: tuple[int, ...] = (10, 100, 500)
   bdmc_seed: int = 0
+  # Float32 matmul precision of evaluation (eval, bdmc, fit_step_sizes) and the analyses:
+  # "highest" computes every figure in full float32 on every backend (srlm/runtime.py).
+  matmul_precision: str = "highest"
 
 
 @dataclasses.dataclass
@@ -250,6 +260,7 @@ OVERLONG = ("drop", "truncate")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EVAL_STEP_SIZES = ("run", "fitted")
 ESTIMATORS = ("is", "ais")
+PRECISIONS = ("default", "high", "highest")  # srlm.runtime's
 
 
 def _check(ok: bool, flag: str, message: str):
@@ -300,6 +311,9 @@ def validate(config: Config) -> Config:
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints"):
     _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
   _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: no limit)")
+  for flag, value in (("train.matmul_precision", t.matmul_precision),
+                      ("eval.matmul_precision", e.matmul_precision)):
+    _check(value in PRECISIONS, flag, f"must be one of {PRECISIONS}, got {value!r}")
   v = config.vae
   _check(0.0 <= v.kl_start <= 1.0, "vae.kl_start", f"must be in [0, 1], got {v.kl_start}")
   _check(v.kl_warmup_epochs >= 0, "vae.kl_warmup_epochs", "must be >= 0")

@@ -32,6 +32,7 @@ from srlm import methods
 from srlm import parallel
 from srlm import reporting
 from srlm import runs
+from srlm import runtime
 from srlm import sampling
 from srlm import step_sizes
 from srlm.config import Config
@@ -271,6 +272,7 @@ def evaluate_split_ais(config: Config, method: methods.Method, params, split: pi
   }
 
 
+@runtime.at_evaluation_precision
 def evaluate_workdir(config: Config, workdir: str,
                      mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Restores the workdir's latest checkpoint, evaluates config.eval.split, and writes
@@ -287,7 +289,7 @@ def evaluate_workdir(config: Config, workdir: str,
   evaluate = evaluate_split_ais if use_ais else evaluate_split
   result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
                     run.mesh)
-  result["checkpoint_step"] = run.step
+  result.update(checkpoint_step=run.step, matmul_precision=runtime.precision_in_force())
   suffix = "_ais" if use_ais else "_fitted" if fitted else ""
   path = os.path.join(workdir, f"eval_{config.eval.split}{suffix}.json")
   reporting.write_json_atomic(path, result)
@@ -397,12 +399,14 @@ def bdmc_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+@runtime.at_evaluation_precision
 def bdmc_workdir(config: Config, workdir: str,
                  mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """--mode=bdmc: restores the workdir's latest checkpoint, runs `bdmc`, writes
   WORKDIR/bdmc.json."""
   run = runs.restore_trained(config, workdir, mesh)
-  result = {**bdmc(config, run.method, run.params, run.mesh), "checkpoint_step": run.step}
+  result = {**bdmc(config, run.method, run.params, run.mesh), "checkpoint_step": run.step,
+            "matmul_precision": runtime.precision_in_force()}
   path = os.path.join(workdir, "bdmc.json")
   reporting.write_json_atomic(path, result)
   result["path"] = path

@@ -21,6 +21,7 @@ import optax
 from srlm import parallel
 from srlm import reporting
 from srlm import runs
+from srlm import runtime
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.errors import ConfigError, UserError
@@ -74,6 +75,7 @@ def split_elbos(config: Config, run: runs.TrainedRun, log_step_sizes_K, split: p
       label=f"short-run ELBO on {split.name}")])
 
 
+@runtime.at_evaluation_precision
 def fit_workdir(config: Config, workdir: str,
                 mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Fits the step sizes of the workdir's latest checkpoint on its validation split and writes
@@ -120,7 +122,7 @@ def fit_workdir(config: Config, workdir: str,
       "valid_sentences": len(split), "fit_steps": lcfg.fit_steps,
       "learn_batch": lcfg.learn_batch, "learn_rate": lcfg.learn_rate,
       "eval_temperature": lcfg.eval_temperature, "sub_batch_elbos": elbos,
-      "fit_seconds": time.time() - start,
+      "fit_seconds": time.time() - start, "matmul_precision": runtime.precision_in_force(),
   }
   path = fitted_path(workdir, run.step)
   reporting.make_dirs(os.path.dirname(path))

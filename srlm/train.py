@@ -27,6 +27,7 @@ from srlm import methods
 from srlm import parallel
 from srlm import plots
 from srlm import reporting
+from srlm import runtime
 from srlm import workdir as workdir_lib
 from srlm.checkpointing import Checkpointer
 from srlm.config import Config
@@ -144,6 +145,7 @@ def _check_finite(state: TrainState, window: list[dict[str, np.ndarray]], first_
       "or start a new --workdir.")
 
 
+@runtime.at_training_precision
 def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
@@ -228,11 +230,14 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
   total_steps = steps_per_epoch * tcfg.num_epochs
   if tcfg.max_steps:
     total_steps = min(total_steps, tcfg.max_steps)
-  logging.info("Training %s, %d parameters, on %d sentences (%d batches per epoch), %d epochs.",
-               method.name, sum(x.size for x in jax.tree.leaves(state.params)),
-               len(train_split), steps_per_epoch, tcfg.num_epochs)
+  logging.info("Training %s, %d parameters, on %d sentences (%d batches per epoch), %d epochs; "
+               "matmul precision %s%s.", method.name,
+               sum(x.size for x in jax.tree.leaves(state.params)), len(train_split),
+               steps_per_epoch, tcfg.num_epochs, runtime.precision_in_force(),
+               ", deterministic ops" if runtime.deterministic_in_force() else "")
 
   pending: list[dict[str, jax.Array]] = []
+  precision = runtime.precision_in_force()
   run_start, window_start, window_step = time.time(), time.time(), step
 
   def save(position: dict[str, int]) -> None:
@@ -256,13 +261,16 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
         signum = _agreed_stop(stop, step % tcfg.log_every_steps == 0 or done_with_run)
         if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
-          now = time.time()
           window = parallel.to_host(pending)
+          # The clock is read once the window's results are here: the rate of finished work,
+          # not of steps queued ahead of the device.
+          now = time.time()
           _check_finite(state, window, window_step + 1, step, checkpointer)
           summary = summarize_train(window, method.report.train_metrics)
           rate = (step - window_step) / max(now - window_start, 1e-9)
           summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
-          writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary})
+          writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary,
+                        "matmul_precision": precision})
           logging.info(
               "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.4g | %s | %.2f steps/s "
               "| ETA epoch %s, run %s", epoch + 1, tcfg.num_epochs, index + 1, len(plan), step,

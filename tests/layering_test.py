@@ -13,6 +13,7 @@ MATHS = {"srlm.models", "srlm.objectives", "srlm.langevin", "srlm.sampling",
 MATHS_MAY_IMPORT = MATHS | {"srlm.data.vocab"}
 # What drives runs and touches files; methods (srlm.methods.*) sit below these.
 DRIVERS = {"srlm.main", "srlm.cli", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
+           "srlm.runtime",
            "srlm.checkpointing", "srlm.plots", "srlm.step_sizes"}
 
 
