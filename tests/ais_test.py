@@ -67,21 +67,66 @@ def _bounds(model: LinearGaussian, num_steps: int, num_chains: int, seed: int):
   return np.asarray(upper), np.asarray(lower), forward
 
 
-def test_ais_converges_to_the_exact_marginal_and_bdmc_sandwiches_it():
-  model = LinearGaussian(num_sentences=20)
+# The convergence test's run: 20 sentences, 16 chains, N = 10, 100, 1000, the seed offset by
+# `seed` (0 in the suite). Its claims hold whatever the seed: the sandwich within 4 of the
+# run's own standard errors, the rest with thresholds at least 4 standard deviations (across
+# 20 seeds, benchmarks/ais_sandwich_seeds.py, benchmarks/results/ais_sandwich_seeds_cpu.json)
+# from their means. float32 at any matmul precision: the statistics move by far more than
+# TF32 rounding.
+SANDWICH_SENTENCES, SANDWICH_CHAINS, SANDWICH_STEPS = 20, 16, (10, 100, 1000)
+# name -> (statistic, its bound): "lower_error_10" > 4 means exact - lower at N = 10 > 4 nats.
+CONVERGENCE_CLAIMS = {
+    "upper_error_10": (">", 5.0),     # 20 seeds: 41.6 +- 9.0 (min 28.4): prior-like, far off
+    "lower_error_10": (">", 4.0),     # 5.96 +- 0.18
+    "gap_10_minus_100": (">", 0.0),   # paired per sentence, 41.9 +- 9.0
+    "gap_100_minus_1000": (">", 0.0),  # 5.49 +- 1.0
+    "upper_error_1000": ("<", 1.0),   # 0.14 +- 0.16
+    "upper_error_1000_abs": ("<", 1.0),
+    "lower_error_1000": ("<", 0.4),   # 0.08 +- 0.05
+    "gap_1000": ("<", 1.2),           # 0.22 +- 0.17
+    "acceptance_1000": ("<", 0.85),   # 0.676 +- 0.0003, near the 0.65 target
+    "acceptance_1000_min": (">", 0.5),
+}
+
+
+def sandwich_statistics(seed: int = 0) -> tuple[dict[str, float], list[str]]:
+  """The convergence run's statistics (CONVERGENCE_CLAIMS' names), and the sandwich's
+  failures: at each N the mean upper bound below the exact NLL, or the mean lower bound above
+  it, by more than 4 standard errors over the sentences (each bound is stochastic; only its
+  expectation is a bound)."""
+  model = LinearGaussian(num_sentences=SANDWICH_SENTENCES)
   exact_nll = -np.asarray(model.exact_log_px)
-  errors, gaps = [], []
-  for num_steps in (10, 100, 1000):
-    upper, lower, forward = _bounds(model, num_steps, num_chains=16, seed=num_steps)
-    # The sandwich holds on average over the sentences (each bound is stochastic).
-    assert np.mean(upper) >= np.mean(exact_nll) - 0.05, num_steps
-    assert np.mean(lower) <= np.mean(exact_nll) + 0.05, num_steps
-    errors.append(np.mean(upper - exact_nll))
-    gaps.append(np.mean(upper - lower))
-  assert errors[0] > 10 and errors[1] < errors[0] / 3 and abs(errors[2]) < 0.3, errors
-  assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.5, gaps
-  # The adaptation brings the last transitions' acceptance near the target.
-  assert 0.5 < float(jnp.mean(forward.acceptance_rate)) < 0.85
+  se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v)))
+  upper, lower, failures, acceptance = {}, {}, [], 0.0
+  for num_steps in SANDWICH_STEPS:
+    upper[num_steps], lower[num_steps], forward = _bounds(
+        model, num_steps, num_chains=SANDWICH_CHAINS, seed=num_steps + 7919 * seed)
+    above, below = upper[num_steps] - exact_nll, lower[num_steps] - exact_nll
+    if np.mean(above) < -4 * se(above):
+      failures.append(f"N={num_steps}: upper {np.mean(above):+.3f} +- {se(above):.3f} from exact")
+    if np.mean(below) > 4 * se(below):
+      failures.append(f"N={num_steps}: lower {np.mean(below):+.3f} +- {se(below):.3f} from exact")
+    acceptance = float(jnp.mean(forward.acceptance_rate))
+  gap = {n: upper[n] - lower[n] for n in SANDWICH_STEPS}
+  stats = {"upper_error_10": np.mean(upper[10] - exact_nll),
+           "lower_error_10": np.mean(exact_nll - lower[10]),
+           "gap_10_minus_100": np.mean(gap[10] - gap[100]),
+           "gap_100_minus_1000": np.mean(gap[100] - gap[1000]),
+           "upper_error_1000": np.mean(upper[1000] - exact_nll),
+           "upper_error_1000_abs": abs(np.mean(upper[1000] - exact_nll)),
+           "lower_error_1000": np.mean(exact_nll - lower[1000]),
+           "gap_1000": np.mean(gap[1000]),
+           # The adaptation brings the last transitions' acceptance near the target.
+           "acceptance_1000": acceptance, "acceptance_1000_min": acceptance}
+  return {k: float(v) for k, v in stats.items()}, failures
+
+
+def test_ais_converges_to_the_exact_marginal_and_bdmc_sandwiches_it():
+  stats, failures = sandwich_statistics(seed=0)
+  assert not failures, failures
+  broken = {name: stats[name] for name, (op, bound) in CONVERGENCE_CLAIMS.items()
+            if not (stats[name] > bound if op == ">" else stats[name] < bound)}
+  assert not broken, (broken, stats)
 
 
 def test_one_step_is_importance_sampling_with_the_prior():

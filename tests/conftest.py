@@ -17,6 +17,17 @@ from helpers import SHARED_DATA, short_run_flags
 
 # Catch silent broadcasting bugs: (B, T) + (T,) must be written explicitly.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The precision every test assumes: float32 matmuls at HIGHEST, full float32 on every backend
+# (on GPUs and TPUs DEFAULT rounds their inputs, to TF32 on an H200, which moves an exact
+# comparison by ~3e-4 relative). The entry points set their own: training runs at
+# --config.train.matmul_precision (DEFAULT), evaluation at --config.eval.matmul_precision
+# (HIGHEST), as for a user (srlm/runtime.py; tests/runtime_test.py tests the policy).
+jax.config.update("jax_default_matmul_precision", "highest")
+# SRLM_TEST_DETERMINISTIC=1: XLA's deterministic ops for the whole session (set before the
+# backend starts), so that on an accelerator the restart test can ask for equal bits.
+if os.environ.get("SRLM_TEST_DETERMINISTIC", "") not in ("", "0"):
+  from srlm import runtime  # pylint: disable=g-import-not-at-top
+  runtime.set_deterministic(True)
 
 # One persistent XLA compilation cache per test session: many tests compile the same tiny
 # models (in this process and in the subprocesses, which inherit the variable), and a hit

@@ -19,6 +19,7 @@ from srlm import checkpointing
 from srlm import config as config_lib
 from srlm import methods
 from srlm import objectives
+from srlm import runtime
 from srlm import state as state_lib
 from srlm import train
 from srlm.data import pipeline
@@ -130,6 +131,7 @@ def test_accumulated_gradient_is_the_authors_sum(tiny_config, corpus):
   final_grad = jax.grad(lambda p: nll(p, z1).sum() / 8.0)(params)
   expected = state.apply_gradients({"decoder": jax.tree.map(jnp.add, chain_grad, final_grad)})
   for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected.params)):
+    # At HIGHEST (conftest): the same sums in another order, float32 rounding only.
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   # And it differs from the method as written.
   final_method = methods.get(replace(config, train={"gradient": "final"}), len(corpus.vocab))
@@ -160,12 +162,23 @@ def test_two_plus_two_steps_with_restart_equal_four(tiny_config, corpus, tmp_pat
   for stop in (3, 6):
     train.train_and_evaluate(replace(config, train={"max_steps": stop}), resumed)
   losses = lambda w: [(r["step"], r["nll_per_token"]) for r in _train_records(w)]
-  assert losses(straight) == losses(resumed)
+  exact = jax.default_backend() == "cpu" or runtime.deterministic_in_force()
+  if exact:
+    assert losses(straight) == losses(resumed)
+  else:
+    np.testing.assert_allclose(losses(straight), losses(resumed), rtol=1e-6)
   a, pos_a = _restore_params(straight, config, corpus)
   b, pos_b = _restore_params(resumed, config, corpus)
   assert pos_a == pos_b and pos_a["epoch"] == 1
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      # An accelerator's reductions may sum in another order in each process: after 6 Adam
+      # steps the H200 left 5 of 160,032 parameters 1.2e-7 relative apart (one float32 ulp).
+      # Adam's update is bounded by the learning rate whatever the gradient's rounding, so
+      # a few ulps, with atol for parameters near 0: SRLM_TEST_DETERMINISTIC=1 asks for bits.
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
 def _cli(workdir, tfds_dir, *flags):
