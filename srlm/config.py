@@ -64,6 +64,10 @@ class ModelConfig:
   # "bfloat16": the decoder's and encoder's matmuls take bf16 inputs and accumulate in f32;
   # parameters, chain states, softmax and losses stay f32 (for GPU/TPU; see benchmarks/).
   compute_dtype: str = "float32"
+  # The LSTM recurrence's lax.scan unroll factor (the same numbers at any value, another
+  # speed): 0 takes the backend's (srlm.models.SCAN_UNROLL: rolled on the CPU, where that is
+  # fastest), >= 1 that factor.
+  scan_unroll: int = 0
 
 
 @dataclasses.dataclass
@@ -289,6 +293,8 @@ def validate(config: Config) -> Config:
   _check(m.init_scale > 0, "model.init_scale", f"must be > 0, got {m.init_scale}")
   _check(m.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
          f"must be one of {COMPUTE_DTYPES}, got {m.compute_dtype!r}")
+  _check(m.scan_unroll >= 0, "model.scan_unroll", f"must be >= 0 (0: the backend's), got "
+         f"{m.scan_unroll}")
   _check(l.num_steps >= 1, "langevin.num_steps", f"must be >= 1, got {l.num_steps}")
   _check(len(l.step_sizes) >= 1 and all(s > 0 for s in l.step_sizes), "langevin.step_sizes",
          f"needs at least one positive value, got {l.step_sizes}")

@@ -49,7 +49,8 @@ def lstm_recurrence(gates_in_LxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax
 
   Returns (all h_t (L, B, H), the final h). Where keep_LxB is 0 the state is carried over
   unchanged, so the final h is the one at each sentence's last real token. unroll is
-  lax.scan's; rolled (1) is the fastest on CPU (benchmarks/lstm_unroll.py).
+  lax.scan's (the same numbers at any value); rolled (1) is the fastest on CPU
+  (benchmarks/lstm_unroll.py), see SCAN_UNROLL.
   """
   def step(carry, inputs):
     h_BxH, c_BxH = carry
@@ -65,6 +66,18 @@ def lstm_recurrence(gates_in_LxBx4H: jax.Array, w_h_Hx4H: jax.Array, h0_BxH: jax
   return h_LxBxH, h_last
 
 
+# The recurrence's lax.scan unroll factor per backend, for --config.model.scan_unroll=0. CPU:
+# rolled, 1.2-1.5x faster than unrolled (benchmarks/lstm_unroll.py). GPU and TPU: rolled until
+# the hardware report measures the factors there (the H200's 9.5 us per dependent cell step
+# in a bare scan is a latency floor that unrolling may lower).
+SCAN_UNROLL = {"cpu": 1, "gpu": 1, "tpu": 1}
+
+
+def scan_unroll(setting: int) -> int:
+  """--config.model.scan_unroll: a factor >= 1 as given; 0, this backend's SCAN_UNROLL."""
+  return setting or SCAN_UNROLL.get(jax.default_backend(), 1)
+
+
 class Decoder(nn.Module):
   vocab_size: int
   embed_dim: int
@@ -73,6 +86,7 @@ class Decoder(nn.Module):
   dropout: float
   init_scale: float
   compute_dtype: str = "float32"
+  unroll: int = 1  # the recurrence's lax.scan unroll factor (same numbers, other speed)
 
   def setup(self):
     init = uniform_init(self.init_scale)
@@ -113,7 +127,7 @@ class Decoder(nn.Module):
     gates_in_LxBx4H = (matmul(x_LxBxE, self.lstm_w_x, self.compute_dtype)
                        + gates_z_Bx4H[None])
     h_LxBxH, _ = lstm_recurrence(gates_in_LxBx4H, self.lstm_w_h, h0_BxH,
-                                 compute_dtype=self.compute_dtype)
+                                 compute_dtype=self.compute_dtype, unroll=self.unroll)
     return self.output_dropout(h_LxBxH, deterministic=deterministic)
 
   def start(self, z_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -151,6 +165,7 @@ class Encoder(nn.Module):
   latent_dim: int
   init_scale: float
   compute_dtype: str = "float32"
+  unroll: int = 1
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -166,7 +181,7 @@ class Encoder(nn.Module):
     gates_in_LxBx4H = matmul(x_LxBxE, w_x_Ex4H, self.compute_dtype) + b_4H[None, None, :]
     h0_BxH = jnp.zeros((tokens_BxL.shape[0], H), x_LxBxE.dtype)
     _, h_last_BxH = lstm_recurrence(gates_in_LxBx4H, w_h_Hx4H, h0_BxH, mask_BxL.T > 0,
-                                    self.compute_dtype)
+                                    self.compute_dtype, self.unroll)
     mean_BxD, logvar_BxD = jnp.split(
         matmul(h_last_BxH, w_out_Hx2D, self.compute_dtype) + b_out_2D[None, :], 2, axis=-1)
     return mean_BxD, logvar_BxD
@@ -177,11 +192,13 @@ def make_decoder(model_config, vocab_size: int, latent_dim: int) -> Decoder:
   return Decoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=latent_dim,
                  dropout=model_config.dropout, init_scale=model_config.init_scale,
-                 compute_dtype=model_config.compute_dtype)
+                 compute_dtype=model_config.compute_dtype,
+                 unroll=scan_unroll(model_config.scan_unroll))
 
 
 def make_encoder(model_config, vocab_size: int) -> Encoder:
   """An inference network q(z | x) of config.model's sizes (the VAE baselines')."""
   return Encoder(vocab_size=vocab_size, embed_dim=model_config.embed_dim,
                  hidden_dim=model_config.hidden_dim, latent_dim=model_config.latent_dim,
-                 init_scale=model_config.init_scale, compute_dtype=model_config.compute_dtype)
+                 init_scale=model_config.init_scale, compute_dtype=model_config.compute_dtype,
+                 unroll=scan_unroll(model_config.scan_unroll))

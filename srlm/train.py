@@ -126,13 +126,14 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _check_finite(state: TrainState, window: list[dict[str, np.ndarray]], first_step: int,
-                  last_step: int, checkpointer: Checkpointer) -> None:
+def _check_finite(window: list[dict[str, np.ndarray]], first_step: int, last_step: int,
+                  checkpointer: Checkpointer, state: TrainState | None = None) -> None:
   """Raises DivergenceError if a metric of the steps first_step..last_step (a chain state's
-  travel and gradient, the loss, the gradient norm, ...) or a parameter is not finite."""
+  travel and gradient, the loss, the gradient norm, ...) or, given the state, a parameter or
+  optimiser moment is not finite."""
   bad = sorted({name for m in window for name, value in m.items()
                 if not np.all(np.isfinite(value))})
-  if not bad and bool(_all_finite((state.params, state.opt_state))):
+  if not bad and (state is None or bool(_all_finite((state.params, state.opt_state)))):
     return
   latest = checkpointer.latest_step()
   raise DivergenceError(
@@ -145,7 +146,6 @@ def _check_finite(state: TrainState, window: list[dict[str, np.ndarray]], first_
       "or start a new --workdir.")
 
 
-@runtime.at_training_precision
 def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
@@ -236,13 +236,49 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
                steps_per_epoch, tcfg.num_epochs, runtime.precision_in_force(),
                ", deterministic ops" if runtime.deterministic_in_force() else "")
 
-  pending: list[dict[str, jax.Array]] = []
+  # The loop keeps the device busy without running ahead of it: after dispatching step s it
+  # waits for step s - 1 (so at most one step is queued behind the running one: a signal is
+  # answered within about two steps, and the rate logged is that of finished work), and a log
+  # window closed at step s is fetched and reported after step s + 1 is dispatched (one step
+  # late, so the device never idles while the host writes metrics). benchmarks/loop_overhead.py
+  # measures the loop against the isolated step.
+  pending: list[dict[str, jax.Array]] = []  # the open window's metrics, on the device
+  closed: dict[str, Any] | None = None  # the window closed at the last log step, not reported
+  previous: dict[str, jax.Array] | None = None  # the last step's metrics
   precision = runtime.precision_in_force()
-  run_start, window_start, window_step = time.time(), time.time(), step
+  run_start = time.time()
+  clock = {"time": run_start, "step": step}  # when the last reported window's results arrived
+  window_first = step + 1
+
+  def report() -> None:
+    """Fetches the closed window's metrics, checks, writes and logs them."""
+    nonlocal closed
+    if closed is None:
+      return
+    w, closed = closed, None
+    window = parallel.to_host(w["metrics"])
+    now = time.time()  # the window's results are here: the rate of finished work
+    _check_finite(window, w["first"], w["step"], checkpointer)
+    summary = summarize_train(window, method.report.train_metrics)
+    rate = (w["step"] - clock["step"]) / max(now - clock["time"], 1e-9)
+    clock.update(time=now, step=w["step"])
+    summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
+    writer.write({"step": w["step"], "epoch": w["epoch"] + 1, "split": "train", **summary,
+                  "matmul_precision": precision})
+    logging.info(
+        "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.4g | %s | %.2f steps/s "
+        "| ETA epoch %s, run %s", w["epoch"] + 1, tcfg.num_epochs, w["index"] + 1,
+        w["batches"], w["step"], summary["nll_per_token"], summary["ppl"],
+        method.report.progress(summary), rate,
+        reporting.format_seconds((w["batches"] - w["index"] - 1) / rate),
+        reporting.format_seconds((total_steps - w["step"]) / rate))
+    bar.set_postfix(epoch=w["epoch"] + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
 
   def save(position: dict[str, int]) -> None:
-    """Saves, after checking that nothing since the last log step is non-finite."""
-    _check_finite(state, parallel.to_host(pending), window_step + 1, step, checkpointer)
+    """Saves, after reporting the closed window and checking that nothing since it (metrics,
+    parameters, optimiser moments) is non-finite."""
+    report()
+    _check_finite(parallel.to_host(pending), window_first, step, checkpointer, state)
     checkpointer.save(step, state, position)
 
   bar = tqdm.auto.tqdm(total=total_steps, initial=step, unit="step", disable=not progress_bar)
@@ -254,31 +290,20 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
                                                      start), start):
         batch["epoch"] = np.int32(epoch)
         state, metrics = train_step(state, batch, epoch, step)
+        if previous is not None:
+          jax.block_until_ready(previous)
         pending.append(metrics)
+        previous = metrics
         step += 1
         bar.update(1)
+        report()  # the window closed one step ago: its results are in, this step is queued
         next_position = {"epoch": epoch, "batch": index + 1, "epoch_batches": len(plan)}
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
         signum = _agreed_stop(stop, step % tcfg.log_every_steps == 0 or done_with_run)
         if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
-          window = parallel.to_host(pending)
-          # The clock is read once the window's results are here: the rate of finished work,
-          # not of steps queued ahead of the device.
-          now = time.time()
-          _check_finite(state, window, window_step + 1, step, checkpointer)
-          summary = summarize_train(window, method.report.train_metrics)
-          rate = (step - window_step) / max(now - window_start, 1e-9)
-          summary.update(steps_per_sec=rate, sentences_per_sec=rate * batch_size)
-          writer.write({"step": step, "epoch": epoch + 1, "split": "train", **summary,
-                        "matmul_precision": precision})
-          logging.info(
-              "epoch %d/%d batch %d/%d step %d | nll/token %.3f ppl %.4g | %s | %.2f steps/s "
-              "| ETA epoch %s, run %s", epoch + 1, tcfg.num_epochs, index + 1, len(plan), step,
-              summary["nll_per_token"], summary["ppl"], method.report.progress(summary), rate,
-              reporting.format_seconds((len(plan) - index - 1) / rate),
-              reporting.format_seconds((total_steps - step) / rate))
-          bar.set_postfix(epoch=epoch + 1, nll_per_token=f"{summary['nll_per_token']:.3f}")
-          pending, window_start, window_step = [], now, step
+          closed = {"metrics": pending, "first": window_first, "step": step, "epoch": epoch,
+                    "index": index, "batches": len(plan)}
+          pending, window_first = [], step + 1
         if step % tcfg.checkpoint_every_steps == 0:
           save(next_position)
         if done_with_run or signum is not None:
@@ -287,6 +312,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
           checkpointer.wait()
           status = "preempted" if signum is not None else "max_steps"
           return {"status": status, "signal": signum, "step": step}
+      report()  # the epoch's last window, before its validation record
       valid, others = evaluate.reconstruction(config, method, state.params, valid_split,
                                               eval_rng, mesh)
       text = "".join(f" | {name} {value:.2f}" for name, value in others.items())

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from srlm import config as config_lib
+from srlm import models
 from srlm.models import make_decoder
 
 
@@ -68,3 +69,27 @@ def test_bfloat16_decoder_stays_close_to_float32_and_returns_float32(tiny_decode
   np.testing.assert_allclose(logits16, logits32, atol=3e-2 * scale)
   np.testing.assert_allclose(grad16, grad32, atol=5e-2 * float(jnp.max(jnp.abs(grad32))))
   assert not np.array_equal(np.asarray(logits16), np.asarray(logits32))
+
+
+def test_scan_unroll_changes_no_number(tiny_decoder):
+  """--config.model.scan_unroll is a speed setting: logits and their gradients (in z and in
+  the parameters) are those of the rolled recurrence, up to float32 reassociation (at HIGHEST,
+  conftest), at a factor that divides the length and one that does not; 0 is the backend's."""
+  model, params, batch = tiny_decoder
+  z = jax.random.normal(jax.random.key(0), (4, 3))
+
+  def outputs(decoder):
+    loss = lambda p, z: jnp.sum(decoder.apply({"params": p}, z, batch["inputs"],
+                                              deterministic=True) ** 2)
+    return (decoder.apply({"params": params}, z, batch["inputs"], deterministic=True),
+            *jax.grad(loss, (0, 1))(params, z))
+
+  rolled = outputs(model)
+  for unroll in (3, 7):
+    for got, want in zip(jax.tree.leaves(outputs(model.clone(unroll=unroll))),
+                         jax.tree.leaves(rolled)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(want))))
+  config = config_lib.Config()
+  assert make_decoder(config.model, 23, 3).unroll == models.SCAN_UNROLL[jax.default_backend()]
+  config.model.scan_unroll = 4
+  assert make_decoder(config.model, 23, 3).unroll == 4
