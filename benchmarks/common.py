@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 import jax
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# $SRLM_RESULTS_DIR puts a run's results elsewhere (benchmarks/gpu_check.sh's $OUT, a rehearsal).
+RESULTS_DIR = os.environ.get("SRLM_RESULTS_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:

@@ -33,7 +33,9 @@ import common  # pylint: disable=wrong-import-position
 from srlm import cli
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
 from srlm import methods  # pylint: disable=wrong-import-position
+from srlm import models  # pylint: disable=wrong-import-position
 from srlm import parallel  # pylint: disable=wrong-import-position
+from srlm import runtime  # pylint: disable=wrong-import-position
 from srlm import state as state_lib  # pylint: disable=wrong-import-position
 from srlm import train  # pylint: disable=wrong-import-position
 
@@ -45,6 +47,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per length (median r
 _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", config_lib.COMPUTE_DTYPES,
                                    "Matmul input precision (config.model.compute_dtype).")
 _DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to shard the batch over.")
+_PRECISION = flags.DEFINE_enum("matmul_precision", "default", config_lib.PRECISIONS,
+                               "Float32 matmul precision (config.train.matmul_precision).")
+_UNROLL = flags.DEFINE_integer("scan_unroll", 0, "The LSTM scan's unroll factor "
+                               "(config.model.scan_unroll; 0: the backend's).")
 _VOCAB = 10002
 # The step-size update's period in launch/ptb_sri_learned.flags (the amortisation); run from
 # the repository root, as the flagfile includes launch/ptb.flags.
@@ -58,6 +64,13 @@ def main(argv):
   config.train.gradient = _GRADIENT.value
   config.model.kind = _KIND.value
   config.model.compute_dtype = _COMPUTE_DTYPE.value
+  config.train.matmul_precision = _PRECISION.value
+  config.model.scan_unroll = _UNROLL.value
+  with runtime.matmul_precision(_PRECISION.value):
+    _main(config)
+
+
+def _main(config):
   rows = []
   # sri_learned: every step updates the step sizes (learn_every 1), or none after the first
   # (whose time is the compile's, not in the median).
@@ -122,12 +135,18 @@ def _write(config, rows):
     name += f"_{_COMPUTE_DTYPE.value}"
   if _DEVICES.value != ["1"]:
     name += "_devices"
+  if _PRECISION.value != "default":
+    name += f"_{_PRECISION.value}"
+  if _UNROLL.value:
+    name += f"_unroll{_UNROLL.value}"
   path = common.write_result(name, {
       "config": {"batch_size": batch_size, "num_steps": config.langevin.num_steps,
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,
                  "latent_dim": config.model.latent_dim, "vocab_size": _VOCAB,
                  "kind": _KIND.value, "gradient": _GRADIENT.value,
                  "compute_dtype": _COMPUTE_DTYPE.value,
+                 "matmul_precision": _PRECISION.value,
+                 "scan_unroll": models.scan_unroll(_UNROLL.value),
                  **({"learn_batch": config.langevin.learn_batch,
                      "amortised_over": _FLAGFILE_LEARN_EVERY}
                     if _KIND.value == "sri_learned" else {}),

@@ -178,3 +178,21 @@ def test_budget_changes_pair_each_run_with_itself_and_with_the_lm_at_each_budget
   assert sri["nll_change"]["mean"] == pytest.approx((-4.0 - 4.0 - 8.0) / 3)
   assert sri["versus_lm_1"]["mean"] == pytest.approx(4.0 / 3)
   assert sri["versus_lm"]["mean"] == pytest.approx(-1.0)
+
+
+def test_full_data_trains_its_own_runs_in_its_order_and_compares_own_estimates_on_shared_sentences(
+    tmp_path):
+  # The headline convention first; --only adds the optional runs in ORDER's order after them.
+  assert study.run_names("full_data", 1, []) == ["lm", "sri_accumulated", "sri", "vae_fb"]
+  assert study.run_names("full_data", 1, ["sri_learned", "lm"]) == ["lm", "sri_learned"]
+  assert study.run_names("small", 4, []) == [n for n in study.ORDER if n in study.BUDGET_RUNS]
+  with pytest.raises(SystemExit, match="full_data uses all of PTB"):
+    study._scale_flags("full_data", 4)
+  assert "--config.train.num_epochs=2" in study.SCALES["full_data"]
+  # The own estimate on the first 2 of AIS's 3 sentences: both compared on those 2 only.
+  workdir = tmp_path / "sri"
+  _write(workdir, "eval_test_ais.json", _ais_json({1: 10.0, 2: 20.0, 3: 90.0}))
+  _write(workdir, "eval_test.json", _eval_json({1: 12.0, 2: 24.0}))
+  row = study._row("sri", "SRI", str(workdir), "eval_test.json", {})
+  assert row["ais_nll"] == 40.0 and row["shared_sentences"] == 2
+  assert row["nll_on_ais_sentences"] == 18.0 and row["ais_nll_on_shared_sentences"] == 15.0
