@@ -146,6 +146,7 @@ def _check_finite(window: list[dict[str, np.ndarray]], first_step: int, last_ste
       "or start a new --workdir.")
 
 
+@runtime.at_training_precision
 def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
