@@ -169,7 +169,19 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
 
 
 def to_host(tree: Any) -> Any:
-  """Device arrays as numpy on every process (a gather across processes if needed)."""
+  """Device arrays as numpy on every process. A replicated array is read from this process's
+  own copy; only a sharded one is gathered across processes. That keeps the train loop's
+  metric fetches free of collectives: on CPU (Gloo) a collective dispatched while a train step
+  is in flight can interleave with the step's gradient all-reduce in a different order on each
+  process, and the job aborts ("collective mismatch")."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
+
+  def fetch(x: Any) -> Any:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return jax.device_get(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return multihost_utils.process_allgather(x, tiled=True)
+
+  return jax.tree.map(fetch, tree)

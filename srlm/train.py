@@ -107,15 +107,20 @@ class StopOnSignal:
       signal.signal(s, handler)
 
 
-def _agreed_stop(stop: StopOnSignal, at_log_step: bool) -> int | None:
+def _agreed_stop(stop: StopOnSignal, at_log_step: bool, in_flight: Any) -> int | None:
   """The signal that stops the run, agreed by every process: a signal reaches the processes
   of a job at different steps, and the checkpoint save is collective, so at each log step
   every process learns whether any of them was signalled (one tiny all-gather; at every step
-  it would cost a host round trip per step). Single process: the local signal, every step."""
+  it would cost a host round trip per step). Single process: the local signal, every step.
+
+  The all-gather waits for `in_flight` (the step just dispatched) first: two collectives in
+  flight at once may run in a different order on each process (Gloo on CPU aborts the job).
+  That drain, once per log step, is the multi-process loop's only one."""
   if jax.process_count() == 1:
     return stop.signum
   if not at_log_step:
     return None
+  jax.block_until_ready(in_flight)
   signals = multihost_utils.process_allgather(np.int32(stop.signum or 0))
   received = [int(s) for s in np.ravel(signals) if s]
   return stop.signum or (received[0] if received else None)
@@ -300,7 +305,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         report()  # the window closed one step ago: its results are in, this step is queued
         next_position = {"epoch": epoch, "batch": index + 1, "epoch_batches": len(plan)}
         done_with_run = tcfg.max_steps and step >= tcfg.max_steps
-        signum = _agreed_stop(stop, step % tcfg.log_every_steps == 0 or done_with_run)
+        signum = _agreed_stop(stop, step % tcfg.log_every_steps == 0 or done_with_run,
+                              metrics)
         if step % tcfg.log_every_steps == 0 or done_with_run or signum is not None:
           closed = {"metrics": pending, "first": window_first, "step": step, "epoch": epoch,
                     "index": index, "batches": len(plan)}
