@@ -26,6 +26,7 @@ from srlm import sampling
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.errors import ConfigError, UserError
+from srlm.journal import Journal, run_settings
 
 
 # One jitted decoder for every call: it compiles once per (model, shapes, decoding settings).
@@ -62,10 +63,11 @@ def sample_prior(config: Config, run: runs.TrainedRun) -> list[str]:
 
 
 def split_posterior_means(config: Config, run: runs.TrainedRun, split: pipeline.Split,
-                          features: bool = False) -> np.ndarray:
+                          features: bool = False, journal: Journal | None = None
+                          ) -> np.ndarray:
   """The posterior mean code (N, D) of each sentence of `split`, in order: the method's
   posterior_step, or its feature_step if `features`; config.analysis.batch_size sentences per
-  call. Deterministic given config.analysis.seed."""
+  call. Deterministic given config.analysis.seed. journal: finished batches kept and reused."""
   mesh = run.mesh
   batch_size = config.analysis.batch_size
   parallel.check_batch_size(batch_size, mesh, "analysis.batch_size")
@@ -73,11 +75,12 @@ def split_posterior_means(config: Config, run: runs.TrainedRun, split: pipeline.
   step = parallel.jit_replicated(latent.feature_step if features else latent.posterior_step,
                                  mesh)
   means = np.zeros((len(split), run.method.latent_dim), np.float32)
-  for indices, (mean, _) in parallel.map_split(
-      lambda batch, key: step(run.params, batch, key), split, config.data.buckets, batch_size,
-      mesh, jax.random.key(config.analysis.seed),
-      label=f"{'features' if features else 'posterior means'} of {split.name}"):
-    means[indices] = mean
+  for indices, out in parallel.map_split(
+      lambda batch, key: {"mean": step(run.params, batch, key)[0]}, split, config.data.buckets,
+      batch_size, mesh, jax.random.key(config.analysis.seed),
+      label=f"{'features' if features else 'posterior means'} of {split.name}",
+      journal=journal):
+    means[indices] = out["mean"]
   return means
 
 
@@ -205,10 +208,13 @@ def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str
   reporting.make_dirs(workdir)
   reporting.remove(record_path)
   logging.info("features of %s: %d sentences, %s", split_name, len(split), method.latent.features)
-  values = split_posterior_means(config, run, split, features=True)
+  journal = Journal(workdir, f"features_{split_name}", run_settings(
+      config, run.step, runtime.precision_in_force(), record=record), config.eval.keep_journal)
+  values = split_posterior_means(config, run, split, features=True, journal=journal)
   reporting.write_npy(features_path, values)
   reporting.write_npy(labels_path, split.labels)
   reporting.write_json_atomic(record_path, record)
+  journal.close()
   return probes.Labelled(split_name, values, split.labels)
 
 

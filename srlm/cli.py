@@ -343,6 +343,7 @@ def _run_mode(flag_values: flags.FlagValues, config: config_lib.Config,
   from srlm import parallel  # pylint: disable=import-outside-toplevel
   from srlm import reporting  # pylint: disable=import-outside-toplevel
   from srlm import runtime  # pylint: disable=import-outside-toplevel
+  from srlm import stopping  # pylint: disable=import-outside-toplevel
   from srlm import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   if len(rest) > 1:
     raise ConfigError(f"unexpected arguments {rest[1:]}; flags are written --name=value.")
@@ -366,7 +367,11 @@ def _run_mode(flag_values: flags.FlagValues, config: config_lib.Config,
       logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
   # The run's devices, made once and handed to the mode.
   mesh = parallel.make_mesh(config.parallel.num_devices)
-  code, text = MODES[mode].run(config, workdir, mesh)
+  if mode == "train":  # its loop saves a checkpoint on a signal, then stops
+    code, text = MODES[mode].run(config, workdir, mesh)
+  else:
+    with stopping.exit_on_signal(mode):
+      code, text = MODES[mode].run(config, workdir, mesh)
   if cache:
     counts = runtime.cache_counts()
     logging.info("Compilation cache %s: %d programs reused, %d compiled.", cache,

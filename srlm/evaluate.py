@@ -39,6 +39,7 @@ from srlm.config import Config
 from srlm.data import pipeline
 from srlm.data.vocab import BOS_ID, EOS_ID
 from srlm.errors import UserError
+from srlm.journal import Journal, run_settings
 
 AU_THRESHOLD = 0.01
 
@@ -119,10 +120,11 @@ def reconstruction(config: Config, method: methods.Method, params, split: pipeli
 
 
 def _per_sentence(step, params, split: pipeline.Split, config: Config, batch_size: int,
-                  mesh: jax.sharding.Mesh, rng: jax.Array, label: str
-                  ) -> tuple[dict[str, np.ndarray], float]:
+                  mesh: jax.sharding.Mesh, rng: jax.Array, label: str,
+                  journal: Journal | None = None) -> tuple[dict[str, np.ndarray], float]:
   """Runs step(params, batch, key) (jitted by the caller) over the split with progress and an
-  ETA; returns each output key's per-sentence values in split order, and the seconds."""
+  ETA; returns each output key's per-sentence values in split order, and the seconds (with a
+  journal, the compute seconds of every batch, in whichever run it was computed)."""
   values: dict[str, np.ndarray] = {}
   progress = {"done": 0, "nll": 0.0}
 
@@ -132,14 +134,14 @@ def _per_sentence(step, params, split: pipeline.Split, config: Config, batch_siz
   start = time.time()
   for indices, out in parallel.map_split(
       lambda batch, key: step(params, batch, key), split, config.data.buckets, batch_size,
-      mesh, rng, label=label, status=status):
+      mesh, rng, label=label, status=status, journal=journal):
     for key, value in out.items():
       if key not in values:
         values[key] = np.zeros((len(split),) + value.shape[1:], value.dtype)
       values[key][indices] = value
     progress["nll"] += float(np.sum(out["nll"]))
     progress["done"] += len(indices)
-  return values, time.time() - start
+  return values, journal.total_seconds() if journal else time.time() - start
 
 
 def _nll_summary(split: pipeline.Split, values: dict[str, np.ndarray], seconds: float
@@ -181,10 +183,12 @@ def _eval_split(config: Config, split: pipeline.Split) -> pipeline.Split:
 
 
 def evaluate_split(config: Config, method: methods.Method, params, split: pipeline.Split,
-                   rng: jax.Array, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+                   rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
+                   journal: Journal | None = None) -> dict[str, Any]:
   """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set),
   with the settings the method reports (`Report.eval_settings`). mesh: None builds it from
-  config.parallel."""
+  config.parallel. journal: the NLL's finished batches (the long part) are kept there and
+  reused; AU and MI are recomputed."""
   ecfg = config.eval
   split = _eval_split(config, split)
   nll_rng, latent_rng = jax.random.split(rng)
@@ -192,7 +196,7 @@ def evaluate_split(config: Config, method: methods.Method, params, split: pipeli
   parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
   values, seconds = _per_sentence(parallel.jit_replicated(method.nll_step, mesh), params,
                                   split, config, ecfg.batch_size, mesh, nll_rng,
-                                  f"eval {split.name}")
+                                  f"eval {split.name}", journal)
   latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size, mesh)
   settings = method.report.eval_settings(params)
   return {
@@ -230,8 +234,8 @@ def ais_estimator_text(config: Config) -> str:
 
 
 def evaluate_split_ais(config: Config, method: methods.Method, params, split: pipeline.Split,
-                       rng: jax.Array, mesh: jax.sharding.Mesh | None = None
-                       ) -> dict[str, Any]:
+                       rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
+                       journal: Journal | None = None) -> dict[str, Any]:
   """The AIS estimate of -log p(x) (docs/method.md §9) on a split, the same for every method
   with a latent (it uses only Latent.log_likelihood, never the method's own posterior); the
   keys of `evaluate_split` plus the chains' acceptance rate, the effective sample size of
@@ -239,7 +243,7 @@ def evaluate_split_ais(config: Config, method: methods.Method, params, split: pi
   is reported, and said."""
   mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   if method.latent is None:
-    result = evaluate_split(config, method, params, split, rng, mesh)
+    result = evaluate_split(config, method, params, split, rng, mesh, journal)
     return {**result, **ais_settings(config),
             "estimator": f"{result['estimator']}: the NLL is exact, so AIS is not run",
             "ais_acceptance_rate": None, "ais_ess": None}
@@ -251,7 +255,7 @@ def evaluate_split_ais(config: Config, method: methods.Method, params, split: pi
   ais_rng, mi_rng = jax.random.split(rng)
   values, seconds = _per_sentence(
       parallel.jit_replicated(step, mesh), params, split, config, ecfg.batch_size, mesh,
-      ais_rng, f"eval {split.name} (AIS, N={ecfg.ais_steps}, C={ecfg.ais_chains})")
+      ais_rng, f"eval {split.name} (AIS, N={ecfg.ais_steps}, C={ecfg.ais_chains})", journal)
   means, variances = values["posterior_mean"], values["posterior_variance"]
   return {
       **_nll_summary(split, values, seconds),
@@ -287,12 +291,17 @@ def evaluate_workdir(config: Config, workdir: str,
   split = _named_split(config, run)
   use_ais = config.eval.estimator == "ais"
   evaluate = evaluate_split_ais if use_ais else evaluate_split
-  result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
-                    run.mesh)
-  result.update(checkpoint_step=run.step, matmul_precision=runtime.precision_in_force())
   suffix = "_ais" if use_ais else "_fitted" if fitted else ""
-  path = os.path.join(workdir, f"eval_{config.eval.split}{suffix}.json")
+  name = f"eval_{config.eval.split}{suffix}"
+  journal = Journal(workdir, name, run_settings(
+      config, run.step, runtime.precision_in_force(),
+      method_settings=run.method.report.eval_settings(run.params)), config.eval.keep_journal)
+  result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
+                    run.mesh, journal)
+  result.update(checkpoint_step=run.step, matmul_precision=runtime.precision_in_force())
+  path = os.path.join(workdir, f"{name}.json")
   reporting.write_json_atomic(path, result)
+  journal.close()
   result["path"] = path
   return result
 
@@ -329,13 +338,14 @@ def model_sentences(method: methods.Method, params, num_sentences: int, max_ids:
   return split, np.asarray(z), prefixes
 
 
-def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh
-         ) -> dict[str, Any]:
+def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh,
+         journal: Journal | None = None) -> dict[str, Any]:
   """Bidirectional Monte Carlo (Grosse, Ghahramani, Adams 2015; docs/method.md §9): on
   sentences sampled from the model, forward AIS from the prior (a stochastic upper bound on
   -log p(x)) and reverse AIS from the code that generated each sentence (a stochastic lower
   bound), at each N of eval.bdmc_steps with eval.ais_chains chains. The gap between the two
-  bounds the AIS error at that N, on data like the model's."""
+  bounds the AIS error at that N, on data like the model's. journal: each (N, batch)'s
+  bounds are kept there as they finish and reused."""
   if method.latent is None:
     raise UserError(f"--mode=bdmc: a {method.name} run has no latent; its NLL is exact "
                     "(--mode=eval)")
@@ -348,25 +358,37 @@ def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh
   plan = pipeline.plan_batches(split, config.data.buckets, ecfg.batch_size)
   rows = []
   for num_steps in ecfg.bdmc_steps:
-    forward = jax.jit(ais.make_nll_step(
+    forward = parallel.jit_replicated(ais.make_nll_step(
         method.latent.log_likelihood, method.latent_dim, num_steps, ecfg.ais_chains,
-        ecfg.ais_leapfrog, ecfg.ais_step_size))
-    reverse = jax.jit(ais.make_reverse_step(
+        ecfg.ais_leapfrog, ecfg.ais_step_size), mesh)
+    reverse = parallel.jit_replicated(ais.make_reverse_step(
         method.latent.log_likelihood, num_steps, ecfg.ais_chains, ecfg.ais_leapfrog,
-        ecfg.ais_step_size))
+        ecfg.ais_step_size), mesh)
     upper, lower = np.zeros(len(split)), np.zeros(len(split))
     accept = {"forward": [], "reverse": []}
     start = time.time()
     for i, batch in enumerate(parallel.batches(split, plan, ecfg.batch_size, mesh)):
       indices = plan.indices[i]
-      z_star = np.zeros((ecfg.batch_size, method.latent_dim), np.float32)
-      z_star[:len(indices)] = codes[indices]
-      up = jax.device_get(forward(params, batch, jax.random.fold_in(forward_rng, i)))
-      down = jax.device_get(reverse(params, batch, z_star, jax.random.fold_in(reverse_rng, i)))
-      upper[indices], lower[indices] = up["nll"][:len(indices)], down["nll_lower"][:len(indices)]
-      accept["forward"].append(up["acceptance_rate"][:len(indices)])
-      accept["reverse"].append(down["acceptance_rate"][:len(indices)])
-    seconds = time.time() - start
+      key = f"{num_steps}/{i}"
+      out = journal.done.get(key) if journal is not None else None
+      if out is None:
+        batch_start = time.time()
+        z_star = np.zeros((ecfg.batch_size, method.latent_dim), np.float32)
+        z_star[:len(indices)] = codes[indices]
+        up = parallel.to_host(forward(params, batch, jax.random.fold_in(forward_rng, i)))
+        down = parallel.to_host(reverse(params, batch, z_star,
+                                        jax.random.fold_in(reverse_rng, i)))
+        out = {"upper": up["nll"], "lower": down["nll_lower"],
+               "accept_forward": up["acceptance_rate"],
+               "accept_reverse": down["acceptance_rate"]}
+        out = {name: value[:len(indices)] for name, value in out.items()}
+        if journal is not None:
+          journal.record(key, out, time.time() - batch_start)
+      upper[indices], lower[indices] = out["upper"], out["lower"]
+      accept["forward"].append(out["accept_forward"])
+      accept["reverse"].append(out["accept_reverse"])
+    seconds = (journal.total_seconds(f"{num_steps}/") if journal is not None
+               else time.time() - start)
     gap = upper - lower
     rows.append({"ais_steps": num_steps, "upper": float(np.mean(upper)),
                  "lower": float(np.mean(lower)), "gap": float(np.mean(gap)),
@@ -405,9 +427,12 @@ def bdmc_workdir(config: Config, workdir: str,
   """--mode=bdmc: restores the workdir's latest checkpoint, runs `bdmc`, writes
   WORKDIR/bdmc.json."""
   run = runs.restore_trained(config, workdir, mesh)
-  result = {**bdmc(config, run.method, run.params, run.mesh), "checkpoint_step": run.step,
-            "matmul_precision": runtime.precision_in_force()}
+  journal = Journal(workdir, "bdmc", run_settings(config, run.step, runtime.precision_in_force()),
+                    config.eval.keep_journal)
+  result = {**bdmc(config, run.method, run.params, run.mesh, journal),
+            "checkpoint_step": run.step, "matmul_precision": runtime.precision_in_force()}
   path = os.path.join(workdir, "bdmc.json")
   reporting.write_json_atomic(path, result)
+  journal.close()
   result["path"] = path
   return result

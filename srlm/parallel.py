@@ -143,8 +143,8 @@ def random_batches(split: pipeline.Split, buckets: Sequence[int], batch_size: in
 
 def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipeline.Split,
               buckets: Sequence[int], batch_size: int, mesh: jax.sharding.Mesh,
-              rng: jax.Array, label: str = "",
-              status: Callable[[], str] | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+              rng: jax.Array, label: str = "", status: Callable[[], str] | None = None,
+              journal: Any = None) -> Iterator[tuple[np.ndarray, Any]]:
   """Runs fn(batch, key) over a whole split, batch by batch in bucket order.
 
   Batch i gets key fold_in(rng, i); batch_size must divide among the mesh's devices
@@ -152,20 +152,35 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
   sentence indices into the split, fn's output on the host with the padding rows dropped):
   every leaf of the output must have the batch as its first axis. With a label, logs
   progress with an ETA every 10 batches (and `status()`, the caller's running summary).
+  With a journal (srlm.journal.Journal; fn's output then a dict of arrays), the batches it
+  holds are not run again: their journaled outputs are yielded, and each batch run is
+  journaled as it finishes. The ETA is for what is left: reused batches count as done.
   """
   plan = pipeline.plan_batches(split, buckets, batch_size)
-  done, start = 0, time.time()
-  for i, batch in enumerate(batches(split, plan, batch_size, mesh)):
+  reused = journal.done if journal is not None else {}
+  done = sum(len(plan.indices[i]) for i in range(len(plan)) if str(i) in reused)
+  computed, start = 0, time.time()
+  for i in range(len(plan)):
     indices = np.asarray(plan.indices[i])
-    # A batch's sentences fill its first rows; the rest is padding.
-    yield indices, jax.tree.map(lambda x: x[:len(indices)], to_host(fn(batch,
-                                                                      jax.random.fold_in(rng, i))))
+    out = reused.get(str(i))
+    if out is None:
+      batch_start = time.time()
+      batch = global_batch([split.sentences[j] for j in indices], plan.lengths[i], batch_size,
+                           mesh)
+      # A batch's sentences fill its first rows; the rest is padding.
+      out = jax.tree.map(lambda x: x[:len(indices)],  # pylint: disable=cell-var-from-loop
+                         to_host(fn(batch, jax.random.fold_in(rng, i))))
+      if journal is not None:
+        journal.record(str(i), out, time.time() - batch_start)
+      computed += len(indices)
+    yield indices, out
     done += len(indices)
     if label and (i == 0 or (i + 1) % 10 == 0 or i + 1 == len(plan)):
       elapsed = time.time() - start
+      eta = (reporting.format_seconds(elapsed / computed * (len(split) - done)) if computed
+             else "after the first batch run")
       logging.info("%s: %d/%d sentences%s | ETA %s", label, done, len(split),
-                   f", {status()}" if status else "",
-                   reporting.format_seconds(elapsed / done * (len(split) - done)))
+                   f", {status()}" if status else "", eta)
 
 
 def to_host(tree: Any) -> Any:

@@ -8,10 +8,19 @@ import json
 import logging
 import math
 import os
+import tempfile
+import threading
 from typing import Any
 
 import jax
 import numpy as np
+
+
+# Held while a result or journal file is written: a signal's exit (srlm.stopping) waits for it,
+# so a stopped run never leaves half a line or a stray temporary file.
+WRITE_LOCK = threading.RLock()
+_UMASK = os.umask(0o022)  # read once (os.umask both sets and returns it), and put back
+os.umask(_UMASK)
 
 
 def is_writer() -> bool:
@@ -75,10 +84,19 @@ class MetricWriter:
 def _replace_atomically(path: str, write, mode: str) -> None:
   """Writes through write(file) to a temporary file, then renames it: readers never see half a
   file, and a crash leaves the previous version."""
-  tmp = f"{path}.tmp"
-  with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-    write(f)
-  os.replace(tmp, path)
+  directory, name = os.path.split(path)
+  with WRITE_LOCK:
+    # A name of its own (not a shared "<path>.tmp"): two runs writing into one workdir at once
+    # (evaluations take no lock) never write into each other's temporary file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+      with open(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        write(f)
+      os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would (mkstemp makes 0600)
+      os.replace(tmp, path)
+    except BaseException:
+      os.remove(tmp)
+      raise
 
 
 def write_json_atomic(path: str, value: Any) -> None:
