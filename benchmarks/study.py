@@ -27,6 +27,7 @@ exact log-det); for the LM, which has no latent, that is its exact log-likelihoo
 import json
 import math
 import os
+import shutil
 import sys
 
 from absl import app
@@ -50,6 +51,11 @@ _BUDGET = flags.DEFINE_integer("budget", 1, "Training sentences as a multiple of
                                "(same epochs); above 1 only BUDGET_RUNS are trained.")
 _SEED = flags.DEFINE_integer("seed", 0, "--config.train.seed of every run (initialisation, "
                              "data order, chains); not 0: workdirs and results get _seed<N>.")
+_ARCHIVE = flags.DEFINE_string(
+    "archive", None, "A folder that keeps each run's result files (ARCHIVED) as they land and "
+    "puts them back into an empty workdir, so that a study spans machines (commit it); default "
+    "benchmarks/results/study_<scale>_runs for the scales of SPANS_MACHINES, none for the others; "
+    "--archive= for none.")
 
 # name -> (flagfile, extra flags, what it is). Each VAE variant is its launch flagfile.
 RUNS = {
@@ -123,6 +129,37 @@ BUDGET_RUNS = ("lm", "vae_fb", "sri", "sri_accumulated")
 # Scales that train only some runs, in their own order (--only adds the others, such as
 # full_data's optional sri_learned): the headline convention (launch/ptb.flags) first.
 SCALE_RUNS = {"full_data": ("lm", "sri_accumulated", "sri", "vae_fb")}
+
+
+# The scales whose runs span sessions and machines: their result files are archived.
+SPANS_MACHINES = ("full_data", "paper")
+# What a run's archive keeps: its scores, its config and training records (minutes per epoch),
+# not its checkpoints. A run restored from it has its AIS score, so it is not trained again;
+# the passes that need its checkpoint (BDMC, the own estimate) are skipped and said so.
+ARCHIVED = ("eval_test_ais.json", "eval_test.json", "bdmc.json", "config.json",
+            "metrics.jsonl")
+
+
+def restore_archive(archive: str, root: str, names: list[str]) -> None:
+  """Copies the archived files of `names` (and seconds.json) that root lacks into it."""
+  for name in [*names, None]:
+    for file_name in ARCHIVED if name else ("seconds.json",):
+      source = os.path.join(archive, *([name] if name else []), file_name)
+      target = os.path.join(root, *([name] if name else []), file_name)
+      if os.path.exists(source) and not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+        print(f"study: {target} restored from {archive}", flush=True)
+
+
+def archive_run(archive: str, root: str, name: str) -> None:
+  """Copies run `name`'s result files (and seconds.json) from root into the archive."""
+  os.makedirs(os.path.join(archive, name), exist_ok=True)
+  for file_name in ARCHIVED:
+    source = os.path.join(root, name, file_name)
+    if os.path.exists(source):
+      shutil.copyfile(source, os.path.join(archive, name, file_name))
+  shutil.copyfile(os.path.join(root, "seconds.json"), os.path.join(archive, "seconds.json"))
 
 
 OWN_COLUMNS = ("elbo", "nll", "ppl", "kl", "mi", "au", "rec", "num_sentences", "num_samples")
@@ -202,13 +239,16 @@ def run_names(scale: str, budget: int, only: list[str]) -> list[str]:
   return [n for n in order if budget == 1 or n in BUDGET_RUNS]
 
 
-def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
+def _run_all(scale: str, budget: int, root: str, seed: int = 0, archive: str = "") -> None:
   """Two passes over the runs, so that a study stopped early has what matters most: first
   every run trained and scored with AIS (the comparison), then (unless --nosecond_pass) BDMC
-  on BDMC_RUNS (whether N is enough), each method's own estimate and the fitted row."""
+  on BDMC_RUNS (whether N is enough), each method's own estimate and the fitted row. With an
+  archive, every run's result files are kept there as they land, and restored from it first."""
+  names = run_names(scale, budget, _ONLY.value)
+  if archive:
+    restore_archive(archive, root, names)
   times_path = os.path.join(root, "seconds.json")
   times = common.read_json(times_path) if os.path.exists(times_path) else {}
-  names = run_names(scale, budget, _ONLY.value)
 
   def save():
     with open(times_path, "w") as f:
@@ -219,6 +259,15 @@ def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
     seconds = common.run_srlm(args, os.path.join(root, f"{name}.log"))
     times.setdefault(name, {})[key] = times.get(name, {}).get(key, 0.0) + seconds
     save()
+    if archive and name in RUNS:
+      archive_run(archive, root, name)
+
+  def has_checkpoint(name: str, label: str, what: str) -> bool:
+    if os.path.isdir(os.path.join(root, name, "checkpoints")):
+      return True
+    print(f"study: {label}: {what} skipped: no checkpoint in {os.path.join(root, name)} (its "
+          "scores came from the archive); retrain it to add it", flush=True)
+    return False
 
   for name in names:
     flagfile, extra, label = RUNS[name]
@@ -239,16 +288,18 @@ def _run_all(scale: str, budget: int, root: str, seed: int = 0) -> None:
   # BDMC on every run before the own estimates, which are slower (SRI's log-det evals).
   for name in names:
     label, workdir = RUNS[name][2], os.path.join(root, name)
-    if name in BDMC_RUNS and not _done(workdir, "bdmc.json"):
+    if (name in BDMC_RUNS and not _done(workdir, "bdmc.json")
+        and has_checkpoint(name, label, "BDMC")):
       print(f"study: {label}: BDMC", flush=True)
       run(name, "bdmc_s", ["--mode=bdmc", f"--workdir={workdir}", *AIS[scale], *BDMC[scale]])
   for name in names:
     label, workdir = RUNS[name][2], os.path.join(root, name)
-    if not _done(workdir, "eval_test.json"):
+    if not _done(workdir, "eval_test.json") and has_checkpoint(name, label, "its own estimate"):
       print(f"study: {label}: its own estimate", flush=True)
       run(name, "eval_s", _eval_args(workdir, scale))
     if (name == "sri" and budget == 1 and _FITTED.value and scale != "full_data"
-        and not _done(workdir, "eval_test_fitted.json")):
+        and not _done(workdir, "eval_test_fitted.json")
+        and has_checkpoint(name, label, "the fitted row")):
       # the hand-set run's step sizes, fitted after training
       print(f"study: {label}: step sizes fitted after training", flush=True)
       run("sri_fitted", "fit_s", ["--mode=fit_step_sizes", f"--workdir={workdir}"])
@@ -320,7 +371,11 @@ def main(argv):
   suffix = ("" if budget == 1 else f"_x{budget}") + (f"_seed{seed}" if seed else "")
   root = _WORKDIR.value or os.path.join("workdirs", f"study_{scale}{suffix}")
   os.makedirs(root, exist_ok=True)
-  _run_all(scale, budget, root, seed)
+  archive = _ARCHIVE.value
+  if archive is None:
+    archive = (os.path.join(common.RESULTS_DIR, f"study_{scale}{suffix}_runs")
+               if scale in SPANS_MACHINES else "")
+  _run_all(scale, budget, root, seed, archive)
   rows = _rows(root, common.read_json(os.path.join(root, "seconds.json")))
   by_run = {r["run"]: r for r in rows}
   pairs = [p for p in (

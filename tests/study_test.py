@@ -120,19 +120,43 @@ def fake_run_srlm(args, log_path):
   if name:
     open(os.path.join(workdir, name), 'w').close()
   mode = next((a for a in args if a.startswith('--mode=')), '--mode=train')
+  if mode == '--mode=train':
+    os.makedirs(os.path.join(workdir, 'checkpoints'), exist_ok=True)
   calls.append([os.path.basename(workdir), mode.split('=')[1], name])
   return 1.0
 study.common.run_srlm = fake_run_srlm
-study._run_all('small', int(os.environ.get('BUDGET', '1')), sys.argv[1])
+study._run_all('small', int(os.environ.get('BUDGET', '1')), sys.argv[1],
+               archive=os.environ.get('ARCHIVE', ''))
 print(json.dumps(calls))
 """
 
 
-def _run_all(root, *flag_args, budget=1):
+def _run_all(root, *flag_args, budget=1, archive=""):
   out = subprocess.run([sys.executable, "-c", _RUN_ALL, str(root), *flag_args], cwd=REPO,
                        capture_output=True, text=True, check=True, timeout=120,
-                       env={**os.environ, "BUDGET": str(budget)}).stdout
+                       env={**os.environ, "BUDGET": str(budget), "ARCHIVE": str(archive)}
+                       ).stdout
   return json.loads(out.splitlines()[-1])
+
+
+def test_a_study_spans_machines_through_its_archive(tmp_path):
+  """A machine's workdirs are lost between sessions; the archive (committed) keeps each run's
+  result files as they land: a new machine skips the scored runs, and the passes that need a
+  checkpoint are skipped for them, said so."""
+  archive, first, second = tmp_path / "archive", tmp_path / "first", tmp_path / "second"
+  _run_all(first, "--nosecond_pass", "--only=lm,sri", archive=archive)
+  assert sorted(os.listdir(archive)) == ["lm", "seconds.json", "sri"]
+  assert sorted(os.listdir(archive / "sri")) == ["eval_test_ais.json"]
+  calls = _run_all(second, "--only=lm,sri,vae_fb", archive=archive)
+  # Only the new run is trained and scored; the archived ones get no BDMC or own estimate
+  # (no checkpoint on this machine), the new one gets both.
+  assert calls == [["vae_fb", "train", None], ["vae_fb", "eval", "eval_test_ais.json"],
+                   ["vae_fb", "bdmc", "bdmc.json"], ["vae_fb", "eval", "eval_test.json"]]
+  assert (second / "sri" / "eval_test_ais.json").exists()
+  assert sorted(os.listdir(archive / "vae_fb")) == ["bdmc.json", "eval_test.json",
+                                                   "eval_test_ais.json"]
+  times = json.loads((archive / "seconds.json").read_text())
+  assert sorted(times) == ["lm", "sri", "vae_fb"]
 
 
 def test_study_scores_every_run_with_ais_first_and_resumes_without_redoing_work(tmp_path):
