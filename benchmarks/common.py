@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import jax
 
+from srlm import reporting
+
 # $SRLM_RESULTS_DIR puts a run's results elsewhere (benchmarks/gpu_check.sh's $OUT, a rehearsal).
 RESULTS_DIR = os.environ.get("SRLM_RESULTS_DIR") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results")
@@ -77,13 +79,9 @@ def read_json(path: str) -> dict[str, Any]:
 def write_result(name: str, result: dict[str, Any]) -> str:
   """Writes benchmarks/results/<name>_<backend>.json and returns its path."""
   os.makedirs(RESULTS_DIR, exist_ok=True)
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-  except OSError:
-    commit = ""
+  # srlm's own commit, or None where it runs from an archive (not an enclosing repository's).
   record = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "commit": commit, "hardware": hardware(), **result}
+            **reporting.provenance(), "hardware": hardware(), **result}
   path = os.path.join(RESULTS_DIR, f"{name}_{jax.default_backend()}.json")
   with open(path, "w") as f:
     json.dump(record, f, indent=2)

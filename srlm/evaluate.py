@@ -298,7 +298,7 @@ def evaluate_workdir(config: Config, workdir: str,
       method_settings=run.method.report.eval_settings(run.params)), config.eval.keep_journal)
   result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
                     run.mesh, journal)
-  result.update(checkpoint_step=run.step, matmul_precision=runtime.precision_in_force())
+  result.update(checkpoint_step=run.step, **reporting.provenance())
   path = os.path.join(workdir, f"{name}.json")
   reporting.write_json_atomic(path, result)
   journal.close()
@@ -430,7 +430,7 @@ def bdmc_workdir(config: Config, workdir: str,
   journal = Journal(workdir, "bdmc", run_settings(config, run.step, runtime.precision_in_force()),
                     config.eval.keep_journal)
   result = {**bdmc(config, run.method, run.params, run.mesh, journal),
-            "checkpoint_step": run.step, "matmul_precision": runtime.precision_in_force()}
+            "checkpoint_step": run.step, **reporting.provenance()}
   path = os.path.join(workdir, "bdmc.json")
   reporting.write_json_atomic(path, result)
   journal.close()

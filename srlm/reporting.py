@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 import tempfile
 import threading
 from typing import Any
@@ -21,6 +22,33 @@ import numpy as np
 WRITE_LOCK = threading.RLock()
 _UMASK = os.umask(0o022)  # read once (os.umask both sets and returns it), and put back
 os.umask(_UMASK)
+
+
+def provenance() -> dict[str, Any]:
+  """What produced a result: srlm's version, its own commit (with "+changes" if its tree has
+  uncommitted changes) when srlm runs from its own git checkout, else None (an archive, a wheel
+  or a bundle, even one unpacked inside another repository, has no commit of its own), and the
+  float32 matmul precision in force."""
+  import srlm  # pylint: disable=import-outside-toplevel
+  from srlm import runtime  # pylint: disable=import-outside-toplevel
+  source = os.path.dirname(os.path.dirname(os.path.abspath(srlm.__file__)))
+
+  def git(*args: str) -> str | None:
+    try:
+      out = subprocess.run(["git", "-C", source, *args], capture_output=True, text=True,
+                           timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+      return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+  commit = None
+  top = git("rev-parse", "--show-toplevel")
+  if top and os.path.realpath(top) == os.path.realpath(source):  # srlm's own repository
+    commit = git("rev-parse", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", "srlm"):
+      commit += "+changes"
+  return {"srlm_version": srlm.__version__, "srlm_commit": commit,
+          "matmul_precision": runtime.precision_in_force()}
 
 
 def is_writer() -> bool:

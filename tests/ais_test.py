@@ -229,7 +229,8 @@ EVAL_KEYS = {"split", "nll", "ppl", "nll_per_token", "kl", "rec", "mi", "au", "n
              "num_tokens", "num_samples", "model_kind", "estimator", "nll_samples",
              "method_note", "au_threshold", "posterior_mean_variance", "nll_seconds",
              "non_finite_nll_sentences", "non_finite_nll_lines", "sentence_lines",
-             "sentence_nll", "checkpoint_step", "matmul_precision"}
+             "sentence_nll", "checkpoint_step", "matmul_precision", "srlm_version",
+             "srlm_commit"}
 
 
 def test_ais_and_bdmc_from_the_command_line(trained_workdir, tmp_path, capfd, caplog):
