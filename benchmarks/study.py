@@ -200,7 +200,30 @@ def _row(name: str, label: str, workdir: str, eval_file: str, seconds: dict) -> 
   bdmc_path = os.path.join(workdir, "bdmc.json")
   if eval_file == "eval_test.json" and os.path.exists(bdmc_path):
     row["bdmc"] = common.read_json(bdmc_path)
+  epochs = epoch_minutes(os.path.join(workdir, "metrics.jsonl"))
+  if eval_file == "eval_test.json" and epochs:
+    row["epoch_timing"] = epochs
   return row
+
+
+def epoch_minutes(metrics_path: str) -> dict | None:
+  """Minutes per epoch of training from a run's metrics.jsonl: its steps per epoch (the first
+  validation record's step) over the median of its log windows' steps/s. The median is robust
+  to the few slow windows: each invocation's first (compilation) and those that other work on
+  the machine slowed; the rates' spread is kept beside it."""
+  if not os.path.exists(metrics_path):
+    return None
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  valid = [r for r in records if r["split"] == "valid"]
+  rates = [r["steps_per_sec"] for r in records if r["split"] == "train"]
+  if not valid or not rates:
+    return None
+  rates.sort()
+  median = rates[len(rates) // 2]
+  return {"steps_per_epoch": valid[0]["step"], "median_steps_per_sec": median,
+          "minutes_per_epoch": valid[0]["step"] / median / 60,
+          "steps_per_sec_p10_p90": [rates[len(rates) // 10], rates[(9 * len(rates)) // 10]]}
 
 
 def paired_difference(a: dict, b: dict) -> dict | None:
@@ -318,13 +341,15 @@ def _eval_args(workdir: str, scale: str) -> list[str]:
 
 def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
   print("| method | ELBO | IS-NLL | KL | MI | AU | REC | own NLL, AIS's sentences | AIS-NLL | "
-        "AIS - LM (paired) | AIS KL | train min | eval min | AIS min |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "AIS - LM (paired) | AIS KL | train min | min/epoch | eval min | AIS min |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   versus_lm = {p["a"]: p for p in pairs if p["b"] == "lm"}
   for r in rows:
     minutes = (f"{r['train_s'] / 60:.1f}" if "train_s" in r else
                f"(fit {r['fit_s'] / 60:.1f})" if "fit_s" in r else "")
     eval_minutes = f"{r['eval_s'] / 60:.1f}" if "eval_s" in r else ""
+    per_epoch = (f"{r['epoch_timing']['minutes_per_epoch']:.1f}" if "epoch_timing" in r
+                 else "")
     ais_minutes = f"{r['ais_seconds'] / 60:.1f}" if "ais_seconds" in r else ""
     ais_nll = f"{r['ais_nll']:.2f}" if "ais_nll" in r else ""
     own = f"{r['nll_on_ais_sentences']:.2f}" if "nll_on_ais_sentences" in r else ""
@@ -334,7 +359,7 @@ def _print_tables(rows: list[dict], pairs: list[dict]) -> None:
     elbo, nll, kl, mi, au, rec = ("" if r[k] is None else f"{r[k]:.2f}" if k != "au"
                                   else str(r[k]) for k in ("elbo", "nll", "kl", "mi", "au", "rec"))
     print(f"| {r['method']} | {elbo} | {nll} | {kl} | {mi} | {au} | {rec} | {own} | {ais_nll} "
-          f"| {diff} | {ais_kl} | {minutes} | {eval_minutes} | {ais_minutes} |")
+          f"| {diff} | {ais_kl} | {minutes} | {per_epoch} | {eval_minutes} | {ais_minutes} |")
   for r in rows:
     if "bdmc" in r:
       for b in r["bdmc"]["rows"]:

@@ -220,3 +220,19 @@ def test_full_data_trains_its_own_runs_in_its_order_and_compares_own_estimates_o
   row = study._row("sri", "SRI", str(workdir), "eval_test.json", {})
   assert row["ais_nll"] == 40.0 and row["shared_sentences"] == 2
   assert row["nll_on_ais_sentences"] == 18.0 and row["ais_nll_on_shared_sentences"] == 15.0
+
+
+def test_minutes_per_epoch_come_from_the_median_window(tmp_path):
+  """Slow windows (compilation, a resumed invocation's start) do not move it; the mean would."""
+  records = [{"step": 2, "split": "train", "steps_per_sec": 0.1},  # compilation
+             *({"step": s, "split": "train", "steps_per_sec": v}
+               for s, v in ((4, 2.0), (6, 1.5), (8, 2.0))),
+             {"step": 8, "split": "valid"},
+             {"step": 10, "split": "train", "steps_per_sec": 0.2},  # a resumed invocation
+             {"step": 12, "split": "train", "steps_per_sec": 2.0},
+             {"step": 14, "split": "train", "steps_per_sec": 2.0}]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  timing = study.epoch_minutes(str(path))
+  assert timing["steps_per_epoch"] == 8 and timing["median_steps_per_sec"] == 2.0
+  assert timing["minutes_per_epoch"] == pytest.approx(8 / 2.0 / 60)
