@@ -158,8 +158,7 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
   """
   plan = pipeline.plan_batches(split, buckets, batch_size)
   reused = journal.done if journal is not None else {}
-  done = sum(len(plan.indices[i]) for i in range(len(plan)) if str(i) in reused)
-  computed, start = 0, time.time()
+  done, computed, start = 0, 0, time.time()  # sentences yielded; of them, computed here
   for i in range(len(plan)):
     indices = np.asarray(plan.indices[i])
     out = reused.get(str(i))

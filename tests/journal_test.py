@@ -156,3 +156,41 @@ def test_a_line_cut_short_by_a_crash_is_run_again(tmp_path):
   assert sorted(journal.Journal(str(tmp_path), "eval_test", settings).done) == ["0", "1"]
   second.close()
   assert not os.path.exists(second.path)
+
+
+def test_map_split_reuses_journaled_batches_and_counts_each_sentence_once(tmp_path, caplog):
+  import jax  # pylint: disable=import-outside-toplevel
+  from srlm import parallel  # pylint: disable=import-outside-toplevel
+  from srlm.data import pipeline  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  sentences = [rng.integers(4, 30, rng.integers(3, 9)).astype(np.int32) for _ in range(10)]
+  split = pipeline.Split("toy", sentences, np.arange(1, 11), {}, np.full(10, -1))
+  calls = []
+
+  def fn(batch, key):
+    calls.append(1)
+    del key
+    return {"length": batch["mask"].sum(-1)}
+
+  mesh = parallel.make_mesh(1)
+  settings = {"toy": 1}
+  first = journal.Journal(str(tmp_path), "toy", settings)
+  expected = {}
+  for indices, out in parallel.map_split(fn, split, (12,), 4, mesh, jax.random.key(0),
+                                         journal=first):
+    expected.update(zip(indices.tolist(), out["length"].tolist()))
+  assert len(calls) == 3  # 10 sentences in batches of 4
+  first.done.pop("2")  # as if stopped before the last batch
+  lines = open(first.path).read().splitlines()
+  with open(first.path, "w") as f:
+    f.write("\n".join(lines[:-1]) + "\n")
+  calls.clear()
+  caplog.set_level("INFO")
+  second = journal.Journal(str(tmp_path), "toy", settings)
+  got = {}
+  for indices, out in parallel.map_split(fn, split, (12,), 4, mesh, jax.random.key(0),
+                                         label="toy", journal=second):
+    got.update(zip(indices.tolist(), out["length"].tolist()))
+  assert len(calls) == 1 and got == expected
+  counts = [m.split(": ")[1].split(" ")[0] for m in caplog.messages if m.startswith("toy: ")]
+  assert counts[-1] == "10/10"
