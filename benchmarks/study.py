@@ -141,8 +141,11 @@ ARCHIVED = ("eval_test_ais.json", "eval_test.json", "bdmc.json", "config.json",
 
 
 def restore_archive(archive: str, root: str, names: list[str]) -> None:
-  """Copies the archived files of `names` (and seconds.json) that root lacks into it."""
+  """Copies the archived files of `names` (and seconds.json) that root lacks into it: only of
+  scored runs (an AIS score archived); a run without one trains afresh on this machine."""
   for name in [*names, None]:
+    if name and not os.path.exists(os.path.join(archive, name, "eval_test_ais.json")):
+      continue
     for file_name in ARCHIVED if name else ("seconds.json",):
       source = os.path.join(archive, *([name] if name else []), file_name)
       target = os.path.join(root, *([name] if name else []), file_name)
