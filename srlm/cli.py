@@ -360,11 +360,12 @@ def _run_mode(flag_values: flags.FlagValues, config: config_lib.Config,
   # Before anything starts JAX's backend (the distributed runtime, the devices): XLA reads its
   # flags once, when the backend starts.
   runtime.set_deterministic(config.train.deterministic)
-  cache = runtime.enable_compilation_cache(flag_values["compilation_cache"].value)
   if parallel.distributed_requested(flag_values["distributed"].value):
     parallel.initialize_distributed()
     if not reporting.is_writer():
       logging.set_verbosity(logging.WARNING)  # one log per run: process 0's
+  # After the distributed start: whether the cache is used depends on the processes' backend.
+  cache = runtime.enable_compilation_cache(flag_values["compilation_cache"].value)
   # The run's devices, made once and handed to the mode.
   mesh = parallel.make_mesh(config.parallel.num_devices)
   if mode == "train":  # its loop saves a checkpoint on a signal, then stops

@@ -175,9 +175,22 @@ def enable_compilation_cache(setting: str = DEFAULT_CACHE) -> str | None:
   """Turns JAX's persistent compilation cache on in the directory `setting` ("default":
   default_cache_dir(); "off": leaves it off). Every compiled program is cached, however quick
   to compile (a PTB bucket's step is seconds on a GPU, many small ones add up). Returns the
-  directory, or None when off. Cache hits and misses are counted (cache_counts)."""
+  directory, or None when off (also in CPU jobs of several processes, where cached programs
+  hang). Cache hits and misses are counted (cache_counts). Call it after
+  parallel.initialize_distributed, before the first compilation."""
   global _listening
   if setting == CACHE_OFF:
+    # Off also when $JAX_COMPILATION_CACHE_DIR is set: JAX itself would use that.
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # Measured with JAX 0.12.1: a multi-process CPU job whose programs come from the cache
+    # hangs in its first collective (the train step's gradient all-reduce); with the same
+    # programs compiled afresh it runs. CPU jobs of several processes are tests and
+    # rehearsals, whose programs compile in seconds: they go without the cache.
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.info("Compilation cache off: programs read back from it hang in collectives "
+                 "across CPU processes (JAX 0.12).")
     return None
   path = os.path.abspath(os.path.expanduser(default_cache_dir() if setting == DEFAULT_CACHE
                                             else setting))
