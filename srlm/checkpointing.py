@@ -107,7 +107,8 @@ class Checkpointer:
       saved = config_lib.from_dict(self._read(step, "config"))
     except config_lib.ConfigError as e:
       raise self._corrupt(step, e) from None
-    self._check_fields(step, saved, config_lib.SHAPE_FIELDS, "was written under another config")
+    self._check_fields(step, saved, config_lib.shape_fields(self._config),
+                       "was written under another config")
     return saved
 
   def _corrupt(self, step: int, error: Exception) -> CheckpointError:

@@ -417,6 +417,14 @@ SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.split_files", "data.voca
                 "model.hidden_dim", "model.latent_dim")
 
 
+def shape_fields(config: Config) -> tuple[str, ...]:
+  """SHAPE_FIELDS, and langevin.num_steps where the chain's K step sizes are parameters
+  (sri_learned): there another K is another parameter shape, not a damaged checkpoint."""
+  if config.model.kind == "sri_learned":
+    return SHAPE_FIELDS + ("langevin.num_steps",)
+  return SHAPE_FIELDS
+
+
 # Fields that fix the order of the training data: a run stopped mid-epoch can only resume
 # under a config that agrees on them, else the saved position (a batch index) would skip or
 # repeat sentences of that epoch.

@@ -21,6 +21,8 @@ from srlm.errors import UserError
 from srlm.methods import base
 from srlm.methods import sri
 
+from helpers import assert_one_message, run_cli
+
 
 def test_step_size_gradient_matches_finite_differences(tiny_decoder):
   model, params, batch = tiny_decoder
@@ -109,6 +111,15 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
     f.write("{not json")
   with pytest.raises(UserError, match="cannot read the fitted step sizes"):
     step_sizes.with_fitted(learned_workdir, run)
+
+
+def test_another_chain_length_is_refused_as_another_shape(learned_workdir, capfd):
+  """sri_learned's K step sizes are parameters: the run scored under another K is refused
+  naming the flag, not reported as a damaged checkpoint."""
+  assert_one_message(run_cli(capfd, "--mode=eval", f"--workdir={learned_workdir}",
+                             "--config.langevin.num_steps=7", "--config.eval.max_sentences=4"),
+                     2, "was written under another config",
+                     "--config.langevin.num_steps: checkpoint 5, now 7")
 
 
 def test_a_method_without_a_chain_has_no_step_sizes_to_fit(tmp_path):
