@@ -39,7 +39,7 @@ from srlm.config import Config
 from srlm.data import pipeline
 from srlm.data.vocab import BOS_ID, EOS_ID
 from srlm.errors import UserError
-from srlm.journal import Journal, run_settings
+from srlm.journal import Journal, reuse_or_run, run_settings
 
 AU_THRESHOLD = 0.01
 
@@ -369,10 +369,8 @@ def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh
     start = time.time()
     for i, batch in enumerate(parallel.batches(split, plan, ecfg.batch_size, mesh)):
       indices = plan.indices[i]
-      key = f"{num_steps}/{i}"
-      out = journal.done.get(key) if journal is not None else None
-      if out is None:
-        batch_start = time.time()
+
+      def run(i=i, batch=batch, indices=indices):
         z_star = np.zeros((ecfg.batch_size, method.latent_dim), np.float32)
         z_star[:len(indices)] = codes[indices]
         up = parallel.to_host(forward(params, batch, jax.random.fold_in(forward_rng, i)))
@@ -381,9 +379,9 @@ def bdmc(config: Config, method: methods.Method, params, mesh: jax.sharding.Mesh
         out = {"upper": up["nll"], "lower": down["nll_lower"],
                "accept_forward": up["acceptance_rate"],
                "accept_reverse": down["acceptance_rate"]}
-        out = {name: value[:len(indices)] for name, value in out.items()}
-        if journal is not None:
-          journal.record(key, out, time.time() - batch_start)
+        return {name: value[:len(indices)] for name, value in out.items()}
+
+      out, _ = reuse_or_run(journal, f"{num_steps}/{i}", run)
       upper[indices], lower[indices] = out["upper"], out["lower"]
       accept["forward"].append(out["accept_forward"])
       accept["reverse"].append(out["accept_reverse"])

@@ -15,18 +15,19 @@ result is written, unless --config.eval.keep_journal.
 """
 
 import base64
-import dataclasses
 import glob
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from srlm import config as config_lib
 from srlm import reporting
 from srlm.config import Config
 
@@ -36,11 +37,25 @@ DIRECTORY = "journals"
 def run_settings(config: Config, checkpoint_step: int, precision: str,
                  **extra: Any) -> dict[str, Any]:
   """The settings a journal is keyed by: everything that can change an evaluation's numbers."""
-  values = dataclasses.asdict(config)
+  values = config_lib.to_dict(config)
   values["eval"].pop("keep_journal", None)
   return json.loads(json.dumps({"checkpoint_step": checkpoint_step,
                                 "matmul_precision": precision, "config": values, **extra},
                                sort_keys=True, default=str))
+
+
+def reuse_or_run(journal: "Journal | None", batch: str,
+                 run: Callable[[], Any]) -> tuple[Any, bool]:
+  """The batch's journaled outputs, or run()'s (with a journal, a dict of arrays), journaled
+  with the seconds it took; and whether they were computed now. Without a journal, run()'s
+  output, whatever its structure."""
+  if journal is not None and batch in journal.done:
+    return journal.done[batch], False
+  start = time.time()
+  values = run()
+  if journal is not None:
+    journal.record(batch, values, time.time() - start)
+  return values, True
 
 
 def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

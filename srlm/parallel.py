@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from srlm import journal as journal_lib
 from srlm import reporting
 from srlm.data import pipeline
 from srlm.errors import ConfigError
@@ -144,7 +145,8 @@ def random_batches(split: pipeline.Split, buckets: Sequence[int], batch_size: in
 def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipeline.Split,
               buckets: Sequence[int], batch_size: int, mesh: jax.sharding.Mesh,
               rng: jax.Array, label: str = "", status: Callable[[], str] | None = None,
-              journal: Any = None) -> Iterator[tuple[np.ndarray, Any]]:
+              journal: journal_lib.Journal | None = None
+              ) -> Iterator[tuple[np.ndarray, Any]]:
   """Runs fn(batch, key) over a whole split, batch by batch in bucket order.
 
   Batch i gets key fold_in(rng, i); batch_size must divide among the mesh's devices
@@ -157,21 +159,19 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
   journaled as it finishes. The ETA is for what is left: reused batches count as done.
   """
   plan = pipeline.plan_batches(split, buckets, batch_size)
-  reused = journal.done if journal is not None else {}
   done, computed, start = 0, 0, time.time()  # sentences yielded; of them, computed here
   for i in range(len(plan)):
     indices = np.asarray(plan.indices[i])
-    out = reused.get(str(i))
-    if out is None:
-      batch_start = time.time()
+
+    def run(i=i, indices=indices):
       batch = global_batch([split.sentences[j] for j in indices], plan.lengths[i], batch_size,
                            mesh)
       # A batch's sentences fill its first rows; the rest is padding.
-      out = jax.tree.map(lambda x: x[:len(indices)],  # pylint: disable=cell-var-from-loop
-                         to_host(fn(batch, jax.random.fold_in(rng, i))))
-      if journal is not None:
-        journal.record(str(i), out, time.time() - batch_start)
-      computed += len(indices)
+      return jax.tree.map(lambda x: x[:len(indices)],
+                          to_host(fn(batch, jax.random.fold_in(rng, i))))
+
+    out, ran = journal_lib.reuse_or_run(journal, str(i), run)
+    computed += len(indices) if ran else 0
     yield indices, out
     done += len(indices)
     if label and (i == 0 or (i + 1) % 10 == 0 or i + 1 == len(plan)):
