@@ -61,17 +61,22 @@ def mutual_information(means_NxD: np.ndarray, variances_NxD: np.ndarray, rng: ja
   neg_entropy = jnp.mean(-0.5 * d * math.log(2 * math.pi) - 0.5 * jnp.sum(
       1.0 + jnp.log(variances), axis=-1))
   z = means + jnp.sqrt(variances) * jax.random.normal(rng, means.shape)
-
-  @jax.jit
-  def log_aggregate(z_CxD):
-    log_density_CxN = -0.5 * jnp.sum(
-        (z_CxD[:, None, :] - means[None]) ** 2 / variances[None] + jnp.log(variances[None])
-        + math.log(2 * math.pi), axis=-1)
-    return jax.nn.logsumexp(log_density_CxN, axis=1) - math.log(n)
-
-  log_qz = np.concatenate([np.asarray(log_aggregate(z[i:i + chunk]))
-                           for i in range(0, n, chunk)])
+  # Chunks of one shape (the last padded): one compilation per split size, not one per call
+  # and another for the last chunk.
+  z = jnp.pad(z, ((0, -n % chunk), (0, 0)))
+  log_qz = np.concatenate([np.asarray(_log_aggregate_density(z[i:i + chunk], means, variances))
+                           for i in range(0, n, chunk)])[:n]
   return float(neg_entropy - np.mean(log_qz))
+
+
+@jax.jit
+def _log_aggregate_density(z_CxD, means_NxD, variances_NxD):
+  """log q(z) = logsumexp_x log q(z | x) - log N for each of C codes, q(z | x) the N diagonal
+  Gaussians."""
+  log_density_CxN = -0.5 * jnp.sum(
+      (z_CxD[:, None, :] - means_NxD[None]) ** 2 / variances_NxD[None]
+      + jnp.log(variances_NxD[None]) + math.log(2 * math.pi), axis=-1)
+  return jax.nn.logsumexp(log_density_CxN, axis=1) - math.log(means_NxD.shape[0])
 
 
 def latent_statistics(config: Config, method: methods.Method, params, split: pipeline.Split,

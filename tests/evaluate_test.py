@@ -152,6 +152,20 @@ def test_mutual_information_on_known_posteriors():
   assert abs(mi - math.log(n)) < 3 * math.sqrt(d / 2 / n)
 
 
+def test_mutual_information_compiles_once_per_split_size():
+  """Every epoch's validation MI reuses one program (it was compiled afresh on every call, and
+  again for a short last chunk); padding the last chunk changes nothing."""
+  rng = np.random.default_rng(1)
+  means, variances = rng.normal(size=(300, 3)), rng.uniform(0.1, 1.0, size=(300, 3))
+  before = evaluate._log_aggregate_density._cache_size()  # pylint: disable=protected-access
+  chunked = [evaluate.mutual_information(means, variances, jax.random.key(s), chunk=256)
+             for s in (0, 1)]
+  assert evaluate._log_aggregate_density._cache_size() == before + 1  # pylint: disable=protected-access
+  whole = evaluate.mutual_information(means, variances, jax.random.key(0), chunk=300)
+  np.testing.assert_allclose(chunked[0], whole, rtol=1e-5)
+  assert chunked[0] != chunked[1]
+
+
 def test_workdir_evaluation_writes_every_metric(trained_workdir, tmp_path):
   workdir = copy_workdir(trained_workdir("sri", 3), tmp_path)
   config = config_lib.load_run_config(workdir, {"eval.max_sentences": 6, "eval.split": "valid",
