@@ -95,8 +95,10 @@ def test_deterministic_mode_cannot_start_once_the_backend_has():
   runtime.set_deterministic(False)  # nothing to do, no error
 
 
-def _train(workdir, tfds_dir, cache, *flags):
+def _train(workdir, tfds_dir, cache, *flags, jax_cache_dir=None):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "SRLM_CACHE_DIR")}
+  if jax_cache_dir:
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache_dir
   return subprocess.run(
       [sys.executable, "-m", "srlm.main", f"--flagfile={tiny_flagfile('sri')}",
        f"--config.data.dir={tfds_dir}", *SHORT, "--config.train.max_steps=4",
@@ -125,8 +127,13 @@ def test_a_second_process_compiles_nothing_and_deterministic_mode_changes_no_num
   line = [l for l in second.stderr.splitlines() if "Compilation cache" in l]
   assert line and line[-1].endswith(" 0 compiled."), line
   assert int(line[-1].split(": ")[-1].split(" programs reused")[0]) > 0, line
-  third = _train(tmp_path / "third", tfds_dir, "off", "--config.train.deterministic")
+  # Off means off, also where the environment names a cache that JAX itself would use.
+  jax_cache = tmp_path / "jax_env_cache"
+  jax_cache.mkdir()
+  third = _train(tmp_path / "third", tfds_dir, "off", "--config.train.deterministic",
+                 jax_cache_dir=str(jax_cache))
   assert third.returncode == 0, third.stderr[-3000:]
+  assert not os.listdir(jax_cache)
   assert "Deterministic mode: XLA_FLAGS=--xla_gpu_deterministic_ops=true" in third.stderr
   assert "deterministic ops" in third.stderr  # the training line says so
   assert "Compilation cache" not in third.stderr  # off with one flag
