@@ -8,7 +8,8 @@ for the device (an AIS batch is minutes on a CPU) no handler runs. So the signal
 written (reporting.WRITE_LOCK: no half line, no stray temporary file), says what was kept, and
 ends the process. The finished batches are in the mode's journal (srlm.journal): the same
 command resumes; the batch running is lost. In a multi-process job the signalled process tells
-the others through the distributed runtime's key-value store, and they all exit.
+the others through the distributed runtime's key-value store, and they all exit, process 0
+(which hosts that store) last.
 """
 
 import contextlib
@@ -24,7 +25,12 @@ from srlm import reporting
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _STOP_KEY = "srlm_stop_signal"
+_LEFT_KEY = "srlm_stopped_process"
+_LEAVE_WAIT_MS = 10_000  # process 0 waits at most this long for each other process to leave
 _WRITE_WAIT_S = 30  # at most this long for a write in progress (a result JSON: milliseconds)
+# Held by the one thread that ends the process: the signalled process's own key-value watcher
+# sees the key it just set, and must not say the signal came from another process.
+_ENDING = threading.Lock()
 
 
 def _distributed_client():
@@ -40,10 +46,30 @@ def _exit(signum: int, mode: str, source: str) -> None:
     if reporting.WRITE_LOCK.acquire(timeout=_WRITE_WAIT_S):  # pylint: disable=consider-using-with
       stack.callback(reporting.WRITE_LOCK.release)
     name = signal.Signals(signum).name
-    print(f"srlm: --mode={mode} stopped by {name}{source}: the finished batches are journaled "
-          "in the workdir; run the same command again to resume.", file=sys.stderr, flush=True)
+    # One write (print writes the text and its newline separately): the main thread may log a
+    # progress line meanwhile, and must not land between them.
+    sys.stderr.write(f"srlm: --mode={mode} stopped by {name}{source}: the finished batches are "
+                     "journaled in the workdir; run the same command again to resume.\n")
+    sys.stderr.flush()
     sys.stdout.flush()
+    _leave_job()
     os._exit(128 + signum)  # pylint: disable=protected-access
+
+
+def _leave_job() -> None:
+  """In a multi-process job, process 0 leaves last: it hosts the job's coordination service,
+  whose loss ends the other processes with an abort (not 128 + N, and before they say why)."""
+  client = _distributed_client()
+  if client is None:
+    return
+  try:
+    if jax.process_index() == 0:
+      for index in range(1, jax.process_count()):
+        client.blocking_key_value_get(f"{_LEFT_KEY}/{index}", _LEAVE_WAIT_MS)
+    else:
+      client.key_value_set(f"{_LEFT_KEY}/{jax.process_index()}", "1")
+  except Exception:  # pylint: disable=broad-except  # a process gone already: leave anyway
+    pass
 
 
 def _watch_signals(read_fd: int, mode: str) -> None:
@@ -54,9 +80,14 @@ def _watch_signals(read_fd: int, mode: str) -> None:
       return
     if data[0] in STOP_SIGNALS:
       break
+  if not _ENDING.acquire(blocking=False):  # pylint: disable=consider-using-with
+    return  # another process's signal is already ending this one
   client = _distributed_client()
   if client is not None:
-    client.key_value_set(_STOP_KEY, str(data[0]))
+    try:
+      client.key_value_set(_STOP_KEY, str(data[0]))
+    except Exception:  # pylint: disable=broad-except  # the job is ending already
+      pass
   _exit(data[0], mode, "")
 
 
@@ -66,7 +97,9 @@ def _watch_other_processes(client, mode: str) -> None:
       value = client.blocking_key_value_get(_STOP_KEY, 3_600_000)
     except Exception:  # pylint: disable=broad-except  # a timeout: keep waiting
       continue
-    _exit(int(value), mode, " (sent to another process of the job)")
+    if _ENDING.acquire(blocking=False):  # pylint: disable=consider-using-with
+      _exit(int(value), mode, " (sent to another process of the job)")
+    return
 
 
 @contextlib.contextmanager

@@ -14,12 +14,13 @@ import pytest
 
 from srlm import cli
 from srlm import config as config_lib
+from srlm import journal
 from srlm import runs
 from srlm import parallel
 from srlm.data import pipeline
 from srlm.errors import ConfigError
 
-from helpers import REPO
+from helpers import REPO, copy_workdir, run_cli_process
 
 
 def _env(**extra) -> dict[str, str]:
@@ -143,6 +144,43 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tfds_dir, t
   assert two_run.step == one_run.step == stop_step
   for a, b in zip(jax.tree.leaves(two_run.params), jax.tree.leaves(one_run.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_a_two_process_eval_and_the_journal_resumes(
+    trained_workdir, tmp_path):
+  """A cluster signals one process of a job: every process of a 2-process AIS evaluation exits
+  143 with one line (the others say the signal came to another process), and the finished
+  batches, journaled by process 0, are reused by the same command run again."""
+  workdir = copy_workdir(trained_workdir("sri"), tmp_path)
+  flags = ["--mode=eval", f"--workdir={workdir}", "--config.eval.batch_size=2",
+           "--config.eval.estimator=ais", "--config.eval.ais_steps=300"]
+  port = _free_port()
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "srlm.main", *flags], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True,
+      env=_env(SRLM_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))) for i in range(2)]
+  journals = os.path.join(workdir, journal.DIRECTORY)
+  finished = lambda: sum(sum(1 for _ in open(os.path.join(journals, name))) - 1
+                         for name in os.listdir(journals)) if os.path.isdir(journals) else 0
+  deadline = time.time() + 300
+  while finished() < 1:  # 4 batches of 2 sentences; a few seconds each
+    assert time.time() < deadline and all(p.poll() is None for p in processes)
+    time.sleep(0.02)
+  processes[1].send_signal(signal.SIGTERM)
+  logs = _communicate(processes, timeout=120)
+  assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2, "\n".join(logs)
+  said = [[line for line in log.splitlines() if line.startswith("srlm:")] for log in logs]
+  assert said == [
+      ["srlm: --mode=eval stopped by SIGTERM (sent to another process of the job): the finished "
+       "batches are journaled in the workdir; run the same command again to resume."],
+      ["srlm: --mode=eval stopped by SIGTERM: the finished batches are journaled in the "
+       "workdir; run the same command again to resume."]], "\n".join(logs)
+  assert not any("Traceback" in log for log in logs)
+  assert not os.path.exists(os.path.join(workdir, "eval_test_ais.json"))
+  resumed = run_cli_process(*flags)  # one process: the journal holds no device layout
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "batches reused from" in resumed.stderr, resumed.stderr[-3000:]
 
 
 def test_random_batches_are_a_function_of_their_entropy(tiny_config):
