@@ -143,6 +143,11 @@ def write_npy(path: str, array: np.ndarray) -> None:
     _replace_atomically(path, lambda f: np.save(f, array), "wb")
 
 
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  if is_writer():
+    _replace_atomically(path, lambda f: np.savez(f, **arrays), "wb")
+
+
 def make_dirs(path: str) -> None:
   if is_writer():
     os.makedirs(path, exist_ok=True)

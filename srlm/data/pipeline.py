@@ -13,14 +13,18 @@ an epoch is a batch index, which the checkpoint stores.
 
 import contextlib
 import dataclasses
+import hashlib
 import io
+import os
 import re
+import zipfile
 from typing import Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from srlm import reporting
 from srlm.config import DataConfig
 from srlm.data import builders
 from srlm.errors import CorpusError
@@ -82,12 +86,70 @@ def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str, int]]
   if prepared:
     logging.info("Prepared %s as ArrayRecord in %s (once; later runs read it).", config.corpus,
                  prepared.group(1))
-  texts = {}
-  for split, source in sources.items():
-    examples = source.__getitems__(range(len(source)))
-    texts[split] = [(int(e["line"]), e["text"].decode("utf-8"), int(e["label"]))
-                    for e in examples]
+  texts = _read_decoded(sources)
+  if texts is None:
+    texts = {}
+    for split, source in sources.items():
+      examples = source.__getitems__(range(len(source)))
+      texts[split] = [(int(e["line"]), e["text"].decode("utf-8"), int(e["label"]))
+                      for e in examples]
+    _write_decoded(sources, texts)
   return texts, dict(sources["train"].dataset_info.metadata)
+
+
+# TFDS decodes its records one at a time in Python: 5 s for PTB's 49,199 sentences, paid by
+# every command. The decoded splits are kept once beside the prepared files (DECODED, keyed by
+# those files' names, sizes and times, so a corpus prepared again is decoded again) and read
+# back in a fraction of a second.
+DECODED = "srlm_decoded.npz"
+_DECODED_FORMAT = 1  # raised when what DECODED holds changes
+
+
+def _decoded_path_and_key(sources) -> tuple[str, str]:
+  directory = next(iter(sources.values())).dataset_info.data_dir
+  stamps = sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                  for entry in os.scandir(directory)
+                  if entry.is_file() and not entry.name.startswith((DECODED, ".")))
+  return (os.path.join(directory, DECODED),
+          hashlib.sha256(repr((_DECODED_FORMAT, sorted(sources), stamps)).encode()).hexdigest())
+
+
+def _read_decoded(sources) -> dict[str, list[tuple[int, str, int]]] | None:
+  """The splits' (line, text, label) items from DECODED, or None where it is missing, stale
+  or unreadable (then they are decoded from the records)."""
+  path, key = _decoded_path_and_key(sources)
+  try:
+    with np.load(path) as saved:
+      if str(saved["key"]) != key:
+        return None
+      texts = {}
+      for split in sources:
+        lines, labels = saved[f"{split}.lines"].tolist(), saved[f"{split}.labels"].tolist()
+        words = saved[f"{split}.texts"].tobytes().decode("utf-8").split("\n")
+        if len(words) != max(len(lines), 1):
+          return None
+        texts[split] = list(zip(lines, words, labels))
+      return texts
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile, UnicodeDecodeError):
+    return None
+
+
+def _write_decoded(sources, texts: dict[str, list[tuple[int, str, int]]]) -> None:
+  """Keeps the decoded splits for later runs; where the prepared data's folder cannot be
+  written (a shared, read-only copy) every run decodes the records, as before."""
+  if any("\n" in text for items in texts.values() for _, text, _ in items):
+    return  # one text per line: a text holding a newline cannot be stored so
+  path, key = _decoded_path_and_key(sources)
+  arrays = {"key": np.array(key)}
+  for split, items in texts.items():
+    arrays[f"{split}.lines"] = np.array([line for line, _, _ in items], np.int64)
+    arrays[f"{split}.labels"] = np.array([label for _, _, label in items], np.int64)
+    arrays[f"{split}.texts"] = np.frombuffer(
+        "\n".join(text for _, text, _ in items).encode("utf-8"), np.uint8)
+  try:
+    reporting.write_npz(path, arrays)
+  except OSError as e:
+    logging.info("Decoded corpus not kept (%s): every run decodes the prepared records.", e)
 
 
 def encode_split(name: str, texts: Sequence[tuple], vocab: Vocabulary,

@@ -1,7 +1,9 @@
 """The corpus builders: embedded PTB, source directories, and bad input."""
 
+import glob
 import os
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -89,6 +91,35 @@ def _labelled_corpus(directory, train=b"1\tgreat food\n0\tbad service\n"):
     with open(os.path.join(directory, name), "wb") as f:
       f.write(data)
   return str(directory)
+
+
+def test_decoded_splits_are_kept_and_read_back_while_the_records_are_unchanged(tmp_path,
+                                                                             monkeypatch):
+  """Every command reads the corpus: the decoded copy beside the records serves later runs,
+  never a stale or damaged one."""
+  source = _write_corpus(tmp_path / "c", "the café\nsat down\n".encode())
+  config = _data_config(str(tmp_path / "tfds"), source)
+  expected = {"train": [(1, "the café", -1), (2, "sat down", -1)], "valid": [(1, "a b", -1)],
+              "test": [(1, "c d", -1)]}
+  assert pipeline.load_texts(config)[0] == expected
+  (decoded,) = glob.glob(str(tmp_path / "tfds" / "**" / pipeline.DECODED), recursive=True)
+  with monkeypatch.context() as patch:  # read back, not decoded again
+    patch.setattr(pipeline, "_write_decoded", lambda *_: pytest.fail("decoded again"))
+    assert pipeline.load_texts(config)[0] == expected
+  with open(decoded, "wb") as f:  # damaged (a full disk, say): decoded again and rewritten
+    f.write(b"PK\x03\x04 cut short")
+  assert pipeline.load_texts(config)[0] == expected
+  with np.load(decoded) as saved:
+    assert saved["train.lines"].tolist() == [1, 2]
+  # Records rewritten in place (same size here): the copy no longer matches them.
+  records = glob.glob(os.path.join(os.path.dirname(decoded), "*train.array_record*"))[0]
+  os.utime(records, ns=(os.stat(records).st_atime_ns, os.stat(records).st_mtime_ns + 1))
+  decoded_again = []
+  with monkeypatch.context() as patch:
+    patch.setattr(pipeline, "_write_decoded", lambda *_: decoded_again.append(True))
+    assert pipeline.load_texts(config)[0] == expected and decoded_again
+  _write_corpus(tmp_path / "c", b"two\n")  # prepared again from an edited source
+  assert pipeline.load_texts(config)[0]["train"] == [(1, "two", -1)]
 
 
 def test_labelled_corpus_round_trip_with_its_fixed_vocabulary(tfds_dir, tmp_path):
