@@ -194,9 +194,9 @@ class EvalConfig:
   # Float32 matmul precision of evaluation (eval, bdmc, fit_step_sizes) and the analyses:
   # "highest" computes every figure in full float32 on every backend (srlm/runtime.py).
   matmul_precision: str = "highest"
-  # The long modes (eval, bdmc, features) journal each finished batch in WORKDIR/journals/, so a
-  # stopped run resumes (srlm/journal.py); the journal is removed once the result is written,
-  # or kept with keep_journal.
+  # The long modes (eval, bdmc, features, fit_step_sizes) journal each finished batch in
+  # WORKDIR/journals/, so a stopped run resumes (srlm/journal.py); the journal is removed once
+  # the result is written, or kept with keep_journal.
   keep_journal: bool = False
 
 

@@ -1,6 +1,7 @@
 """Journals: the finished batches of a long evaluation, kept in the workdir as they complete,
 so that a run stopped part-way (a signal, `kill -9`, a preempted machine) resumes where it
-stopped. Used by --mode=eval (either estimator), --mode=bdmc and --mode=features.
+stopped. Used by --mode=eval (either estimator), --mode=bdmc, --mode=features and
+--mode=fit_step_sizes (each update, the state it leaves).
 
 A journal is WORKDIR/journals/<result>.<key>.jsonl, where <key> hashes every setting that
 changes the result: the checkpoint step, the run's whole config (less eval.keep_journal), the
@@ -69,8 +70,9 @@ def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _encode(values: Mapping[str, np.ndarray]) -> dict[str, list]:
+  # np.asarray, not np.ascontiguousarray: that makes a 0-d value (a scalar) 1-d.
   return {name: [str(v.dtype), list(v.shape), base64.b64encode(v.tobytes()).decode("ascii")]
-          for name, v in ((n, np.ascontiguousarray(v)) for n, v in values.items())}
+          for name, v in ((n, np.asarray(v, order="C")) for n, v in values.items())}
 
 
 def _decode(values: Mapping[str, list]) -> dict[str, np.ndarray]:

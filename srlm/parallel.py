@@ -145,7 +145,7 @@ def random_batches(split: pipeline.Split, buckets: Sequence[int], batch_size: in
 def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipeline.Split,
               buckets: Sequence[int], batch_size: int, mesh: jax.sharding.Mesh,
               rng: jax.Array, label: str = "", status: Callable[[], str] | None = None,
-              journal: journal_lib.Journal | None = None
+              journal: journal_lib.Journal | None = None, journal_prefix: str = ""
               ) -> Iterator[tuple[np.ndarray, Any]]:
   """Runs fn(batch, key) over a whole split, batch by batch in bucket order.
 
@@ -156,7 +156,8 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
   progress with an ETA every 10 batches (and `status()`, the caller's running summary).
   With a journal (srlm.journal.Journal; fn's output then a dict of arrays), the batches it
   holds are not run again: their journaled outputs are yielded, and each batch run is
-  journaled as it finishes. The ETA is for what is left: reused batches count as done.
+  journaled as it finishes, as journal_prefix + its index (a journal may hold several passes).
+  The ETA is for what is left: reused batches count as done.
   """
   plan = pipeline.plan_batches(split, buckets, batch_size)
   done, computed, start = 0, 0, time.time()  # sentences yielded; of them, computed here
@@ -170,7 +171,7 @@ def map_split(fn: Callable[[dict[str, jax.Array], jax.Array], Any], split: pipel
       return jax.tree.map(lambda x: x[:len(indices)],
                           to_host(fn(batch, jax.random.fold_in(rng, i))))
 
-    out, ran = journal_lib.reuse_or_run(journal, str(i), run)
+    out, ran = journal_lib.reuse_or_run(journal, f"{journal_prefix}{i}", run)
     computed += len(indices) if ran else 0
     yield indices, out
     done += len(indices)

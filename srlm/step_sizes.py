@@ -25,6 +25,7 @@ from srlm import runtime
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.errors import ConfigError, UserError
+from srlm.journal import Journal, reuse_or_run, run_settings
 from srlm.methods import base
 
 
@@ -65,14 +66,19 @@ def with_fitted(workdir: str, run: runs.TrainedRun) -> runs.TrainedRun:
 
 
 def split_elbos(config: Config, run: runs.TrainedRun, log_step_sizes_K, split: pipeline.Split,
-                rng: jax.Array) -> np.ndarray:
-  """Each sentence's short-run ELBO (one chain) with the step sizes exp(log_step_sizes_K)."""
+                rng: jax.Array, journal: Journal | None = None,
+                journal_prefix: str = "") -> np.ndarray:
+  """Each sentence's short-run ELBO (one chain) with the step sizes exp(log_step_sizes_K);
+  with a journal, its batches are journaled (see parallel.map_split)."""
   elbo = parallel.jit_replicated(_chain(run, "split_elbos").elbo, run.mesh)
   log_step_sizes_K = np.asarray(log_step_sizes_K, np.float32)
-  return np.concatenate([out for _, out in parallel.map_split(
-      lambda batch, key: elbo(run.params, log_step_sizes_K, batch, key), split,
-      config.data.buckets, config.eval.batch_size, run.mesh, rng,
-      label=f"short-run ELBO on {split.name}")])
+  fn = lambda batch, key: elbo(run.params, log_step_sizes_K, batch, key)
+  if journal is not None:  # journaled outputs are dicts of arrays
+    fn = lambda batch, key, plain=fn: {"elbo": plain(batch, key)}
+  outs = [out for _, out in parallel.map_split(
+      fn, split, config.data.buckets, config.eval.batch_size, run.mesh, rng,
+      label=f"short-run ELBO on {split.name}", journal=journal, journal_prefix=journal_prefix)]
+  return np.concatenate([out["elbo"] if journal is not None else out for out in outs])
 
 
 @runtime.at_evaluation_precision
@@ -95,22 +101,41 @@ def fit_workdir(config: Config, workdir: str,
   # The update sri_learned takes during training, here unclipped (as fitted runs always were).
   # Replicated outputs: every process holds the step sizes and can read the ELBO.
   update = parallel.jit_replicated(base.step_size_ascent(chain.elbo, tx), run.mesh)
+  # Every update and every batch of the two validation passes is journaled: a stopped fit
+  # resumes at the update after the last one journaled, with that update's Adam state, and
+  # ends where an uninterrupted one does (update i's sub-batch and noise depend on i alone).
+  journal = Journal(workdir, f"fitted_{run.step}",
+                    run_settings(config, run.step, runtime.precision_in_force()),
+                    config.eval.keep_journal)
   eval_rng, fit_rng = jax.random.split(jax.random.key(config.eval.seed))
-  before = split_elbos(config, run, part["log_step_sizes"], split, eval_rng)
+  before = split_elbos(config, run, part["log_step_sizes"], split, eval_rng, journal, "before/")
   batches = parallel.random_batches(split, config.data.buckets, lcfg.learn_batch, run.mesh,
                                     (config.train.seed, run.step))
-  elbos, start = [], time.time()
+  opt_structure = jax.tree.structure(opt_state)
+  elbos, start, computed = [], time.time(), 0
   for i in range(lcfg.fit_steps):
-    part, opt_state, elbo = update(run.params, part, opt_state, next(batches),
-                                   jax.random.fold_in(fit_rng, i))
-    elbos.append(float(elbo))
+    batch = next(batches)  # drawn for every update, reused or not, to keep the sequence
+
+    def run_update(batch=batch, i=i, part=part, opt_state=opt_state):
+      new_part, new_opt_state, elbo = parallel.to_host(update(
+          run.params, part, opt_state, batch, jax.random.fold_in(fit_rng, i)))
+      return {"log_step_sizes": new_part["log_step_sizes"], "elbo": elbo,
+              **{f"adam_{j}": leaf for j, leaf in enumerate(jax.tree.leaves(new_opt_state))}}
+
+    values, ran = reuse_or_run(journal, f"update/{i}", run_update)
+    computed += ran
+    part = {"log_step_sizes": values["log_step_sizes"]}
+    opt_state = jax.tree.unflatten(opt_structure, [
+        values[f"adam_{j}"] for j in range(opt_structure.num_leaves)])
+    elbos.append(float(values["elbo"]))
     if (i + 1) % max(1, lcfg.fit_steps // 10) == 0 or i + 1 == lcfg.fit_steps:
       logging.info("fit step sizes: %d/%d updates, sub-batch ELBO (last %d) %.2f | ETA %s",
                    i + 1, lcfg.fit_steps, min(len(elbos), 10), np.mean(elbos[-10:]),
-                   reporting.format_seconds((time.time() - start) / (i + 1)
-                                            * (lcfg.fit_steps - i - 1)))
+                   reporting.format_seconds((time.time() - start) / computed
+                                            * (lcfg.fit_steps - i - 1)) if computed
+                   else "after the first update run")
   fitted_K = np.exp(np.asarray(part["log_step_sizes"], np.float64))
-  after = split_elbos(config, run, part["log_step_sizes"], split, eval_rng)
+  after = split_elbos(config, run, part["log_step_sizes"], split, eval_rng, journal, "after/")
   result = {
       "checkpoint_step": run.step, "model_kind": run.method.name,
       "step_sizes": fitted_K.tolist(), "initial_step_sizes": initial_K.tolist(),
@@ -122,9 +147,12 @@ def fit_workdir(config: Config, workdir: str,
       "valid_sentences": len(split), "fit_steps": lcfg.fit_steps,
       "learn_batch": lcfg.learn_batch, "learn_rate": lcfg.learn_rate,
       "eval_temperature": lcfg.eval_temperature, "sub_batch_elbos": elbos,
-      "fit_seconds": time.time() - start, "matmul_precision": runtime.precision_in_force(),
+      # The updates' compute seconds, in whichever run each was computed.
+      "fit_seconds": journal.total_seconds("update/"),
+      "matmul_precision": runtime.precision_in_force(),
   }
   path = fitted_path(workdir, run.step)
   reporting.make_dirs(os.path.dirname(path))
   reporting.write_json_atomic(path, result)
+  journal.close()
   return {**result, "path": path}

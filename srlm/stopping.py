@@ -24,6 +24,8 @@ import jax
 from srlm import reporting
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The modes that journal their finished work (srlm.journal); the others start again.
+JOURNALED_MODES = ("eval", "bdmc", "features", "fit_step_sizes")
 _STOP_KEY = "srlm_stop_signal"
 _LEFT_KEY = "srlm_stopped_process"
 _LEAVE_WAIT_MS = 10_000  # process 0 waits at most this long for each other process to leave
@@ -48,8 +50,9 @@ def _exit(signum: int, mode: str, source: str) -> None:
     name = signal.Signals(signum).name
     # One write (print writes the text and its newline separately): the main thread may log a
     # progress line meanwhile, and must not land between them.
-    sys.stderr.write(f"srlm: --mode={mode} stopped by {name}{source}: the finished batches are "
-                     "journaled in the workdir; run the same command again to resume.\n")
+    kept = (": the finished batches are journaled in the workdir; run the same command again "
+            "to resume" if mode in JOURNALED_MODES else "; run the same command again")
+    sys.stderr.write(f"srlm: --mode={mode} stopped by {name}{source}{kept}.\n")
     sys.stderr.flush()
     sys.stdout.flush()
     _leave_job()

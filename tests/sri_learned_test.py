@@ -2,7 +2,9 @@
 of the short-run ELBO matches central finite differences (float64), a run learns, logs and
 draws its schedule, and any SRI workdir can have step sizes fitted and evaluated with them."""
 
+import glob
 import json
+import logging
 import os
 
 import jax
@@ -21,7 +23,7 @@ from srlm.errors import UserError
 from srlm.methods import base
 from srlm.methods import sri
 
-from helpers import assert_one_message, run_cli
+from helpers import assert_one_message, copy_workdir, run_cli
 
 
 def test_step_size_gradient_matches_finite_differences(tiny_decoder):
@@ -111,6 +113,28 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
     f.write("{not json")
   with pytest.raises(UserError, match="cannot read the fitted step sizes"):
     step_sizes.with_fitted(learned_workdir, run)
+
+
+def test_a_stopped_fit_resumes_to_the_uninterrupted_result(learned_workdir, tmp_path, caplog):
+  """A fit stopped after some updates (its journal cut there) resumes from the last journaled
+  update's step sizes and Adam state, and ends bit for bit where the uninterrupted fit did."""
+  workdir = copy_workdir(learned_workdir, tmp_path)
+  config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4, "langevin.fit_steps": 5,
+                                                "eval.keep_journal": True})
+  whole = step_sizes.fit_workdir(config, workdir)
+  (path,) = glob.glob(os.path.join(workdir, "journals", "fitted_2.*.jsonl"))
+  with open(path) as f:
+    settings, *records = f.read().splitlines()
+  stopped = [r for r in records if json.loads(r)["batch"] in ("before/0", "update/0", "update/1")]
+  with open(path, "w") as f:  # as a run stopped during update 2 left it
+    f.write("\n".join([settings, *stopped]) + "\n")
+  os.remove(whole["path"])
+  with caplog.at_level(logging.INFO):
+    resumed = step_sizes.fit_workdir(config, workdir)
+  assert "3 of 7 batches reused" in caplog.text  # 1 + 2 of (1 before, 5 updates, 1 after)
+  timings = ("fit_seconds", "path")
+  assert ({k: v for k, v in resumed.items() if k not in timings}
+          == {k: v for k, v in whole.items() if k not in timings})
 
 
 def test_another_chain_length_is_refused_as_another_shape(learned_workdir, capfd):
