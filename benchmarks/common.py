@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 import jax
+from jax.extend import core as jax_core
 
 from srlm import reporting
 
@@ -113,3 +114,65 @@ def float32_floor(batch_size: int, length: int, hidden: int = 256, vocab: int = 
   gflop = 2 * h.shape[0] * hidden * vocab * products / 1e9
   median = statistics.median(times)
   return {"floor_s": median, "floor_products": products, "floor_gflops": gflop / median}
+
+
+def gemm_rate(rows: int, inner: int, cols: int, dtype: str = "float32",
+              repeats: int = 5) -> dict[str, float]:
+  """The best matrix-product rate this machine reaches at one shape, (rows x inner) @
+  (inner x cols): XLA's (jit, on the default backend, inputs in dtype, f32 accumulation) and,
+  for float32 on a CPU, NumPy's BLAS; GFLOP/s, median of `repeats`. The faster is the rate a
+  floor assumes."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((rows, inner), dtype=np.float32)
+  b = rng.standard_normal((inner, cols), dtype=np.float32)
+  gflop = 2 * rows * inner * cols / 1e9
+  product = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  a_dev, b_dev = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+  rates = {"gemm_xla_gflops": gflop / time_calls(lambda: product(a_dev, b_dev),
+                                                 repeats)["median_s"]}
+  if dtype == "float32" and jax.default_backend() == "cpu":
+    np.dot(a, b)  # warm-up (threads, page faults)
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      np.dot(a, b)
+      times.append(time.perf_counter() - start)
+    rates["gemm_numpy_gflops"] = gflop / statistics.median(times)
+  return {"gemm_shape": [rows, inner, cols], "gemm_dtype": dtype,
+          "gemm_gflops": max(rates.values()), **rates}
+
+
+def matmul_flops(fn: Callable[..., Any], *args: Any) -> int:
+  """The floating-point operations of every matrix product fn(*args) performs, counted on its
+  jaxpr after dead-code elimination: each dot_general is 2 x (its output's elements) x (its contracted size), a scan's body
+  counts `length` times, a cond its costliest branch. XLA's own cost analysis cannot be used:
+  it counts a loop's body once (srlm's step is a scan of K chain steps of a scan over T)."""
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  # What XLA would remove first: products whose results are never used (a custom VJP's weight
+  # gradient inside a chain that differentiates with respect to z only).
+  from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
+  jaxpr, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+  return _jaxpr_matmul_flops(jaxpr)
+
+
+def _jaxpr_matmul_flops(jaxpr) -> int:
+  import math  # pylint: disable=import-outside-toplevel
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+      rhs_free = [d for i, d in enumerate(rhs) if i not in (*rhs_contract, *rhs_batch)]
+      total += 2 * math.prod(lhs) * math.prod(rhs_free)
+    elif name == "while":
+      raise ValueError("matmul_flops: a while loop's trip count is unknown to the jaxpr")
+    elif name == "cond":
+      total += max(_jaxpr_matmul_flops(b.jaxpr) for b in eqn.params["branches"])
+    else:
+      inner = sum(_jaxpr_matmul_flops(getattr(p, "jaxpr", p)) for p in eqn.params.values()
+                  if isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)))
+      total += inner * (eqn.params["length"] if name == "scan" else 1)
+  return total

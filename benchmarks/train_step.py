@@ -11,10 +11,16 @@ sizes (true), and the amortised cost per decoder step at --config.langevin.learn
 --devices=1,2,4,8 times the same global batch sharded over 1, 2, 4, 8 devices (on a CPU, with
 XLA_FLAGS=--xla_force_host_platform_device_count=8, which simulates devices on the same cores).
 T counts <s> and </s> (a batch predicts T-1 tokens). Prints, per T, the compile time and the
-median seconds per step after compile, steps/s and sentences/s, the peak memory, and the
-float32 floor measured in the same process (common.float32_floor: the step's output-layer
-products done by NumPy's BLAS) with the step's ratio to it, so that figures from different
-machines compare; writes
+median seconds per step after compile, steps/s and sentences/s, the peak memory, and two
+floors measured in the same process, with the step's ratio to each, so that figures from
+different machines compare:
+  - the matmul floor: every matrix product the step performs (LSTM and output layer, forward
+    and backward; common.matmul_flops counts them on the step's jaxpr) at the best product
+    rate measured here at the output layer's shape (common.gemm_rate: XLA's or NumPy's, in
+    the compute dtype);
+  - the output-layer floor: the step's 42 output-layer products done by NumPy's BLAS
+    (common.float32_floor; float32 only), the floor earlier results quote.
+Writes
 benchmarks/results/train_step_<backend>.json. Random token ids: the cost does not depend on
 the words.
 """
@@ -109,9 +115,15 @@ def _time_method(config, learn_every):
       sentences = list(rng.integers(4, _VOCAB, (batch_size, length)).astype(np.int32))
       batch = {**parallel.global_batch(sentences, length, batch_size, mesh),
                "epoch": np.int32(0)}
+      flops = common.matmul_flops(step, holder["state"], batch, jax.random.key(1))
+      rate = common.gemm_rate(batch_size * (length - 1), config.model.hidden_dim, _VOCAB,
+                              config.model.compute_dtype)
       timing = common.time_calls(lambda: one_step(batch), _REPEATS.value)
+      matmul_floor_s = flops / (rate["gemm_gflops"] * 1e9)
       row = {"devices": num_devices, "T": length, **timing, **floor,
              "ratio_to_floor": timing["median_s"] / floor["floor_s"],
+             "matmul_gflop": flops / 1e9, **rate, "matmul_floor_s": matmul_floor_s,
+             "ratio_to_matmul_floor": timing["median_s"] / matmul_floor_s,
              **({"step_size_update": learn_every == 1} if learn_every else {}),
              "steps_per_s": 1 / timing["median_s"],
              "sentences_per_s": batch_size / timing["median_s"], **common.peak_memory_mb()}
@@ -121,9 +133,11 @@ def _time_method(config, learn_every):
             + f": {row['median_s']:.3f} s/step "
             f"(min {row['min_s']:.3f}), {row['steps_per_s']:.2f} steps/s, "
             f"{row['sentences_per_s']:.1f} sentences/s, "
-            f"compile+first {row['compile_and_first_call_s']:.1f} s, float32 floor "
-            f"{floor['floor_s']:.3f} s ({floor['floor_products']} NumPy products of the output "
-            f"layer, {floor['floor_gflops']:.0f} GFLOP/s): {row['ratio_to_floor']:.2f}x, "
+            f"compile+first {row['compile_and_first_call_s']:.1f} s, matmul floor "
+            f"{matmul_floor_s:.3f} s ({row['matmul_gflop']:.1f} GFLOP at "
+            f"{rate['gemm_gflops']:.0f} GFLOP/s): {row['ratio_to_matmul_floor']:.2f}x, "
+            f"output-layer floor {floor['floor_s']:.3f} s ({floor['floor_products']} NumPy "
+            f"products, {floor['floor_gflops']:.0f} GFLOP/s): {row['ratio_to_floor']:.2f}x, "
             f"peak RSS {row['peak_host_rss_mb']:.0f} MB", flush=True)
   return rows
 

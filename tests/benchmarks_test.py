@@ -1,0 +1,59 @@
+"""The benchmarks' own arithmetic: the matmul FLOP count behind train_step.py's matmul floor."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from srlm import config as config_lib
+from srlm import methods
+from srlm import parallel
+from srlm import state as state_lib
+from srlm import train
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common  # pylint: disable=wrong-import-position
+
+
+def _tanh_chain(w, x):
+  """10 dependent products (64 x 128) @ (128 x 128) in a scan."""
+  def body(c, _):
+    return jnp.tanh(c @ w), None
+  c, _ = jax.lax.scan(body, x, None, length=10)
+  return c.sum()
+
+
+def test_matmul_flops_counts_loop_bodies_times_their_length_and_skips_unused_products():
+  w, x = jnp.ones((128, 128)), jnp.ones((64, 128))
+  product = 2 * 64 * 128 * 128
+  assert common.matmul_flops(_tanh_chain, w, x) == 10 * product
+  # Backward: the gradient back through c and the weight gradient, each step.
+  assert common.matmul_flops(jax.grad(_tanh_chain), w, x) == 30 * product
+  # With respect to x only, inside jit: the weight gradients are dead code.
+  assert common.matmul_flops(jax.jit(jax.grad(_tanh_chain, argnums=1)), w, x) == 20 * product
+  # A cond counts its costliest branch.
+  pick = lambda p, w, x: jax.lax.cond(p, lambda: (x @ w).sum(), lambda: x.sum())
+  assert common.matmul_flops(pick, True, w, x) == product
+
+
+def test_the_lm_train_step_performs_the_products_of_an_lstm_forward_and_backward(tiny_config):
+  """Every product of one LM step, counted by hand: forward, the gradient back through each
+  layer and each weight gradient, for input gates (E x 4H), recurrence (H x 4H) and output
+  layer (H x V), over B (T - 1) positions; plus the output bias's gradient (a vector-matrix
+  product, 2 B (T - 1) V)."""
+  config = tiny_config
+  config.model.kind = "lm"
+  vocab, length, batch_size = 50, 12, config.data.batch_size
+  method = methods.get(config, vocab, steps_per_epoch=10)
+  mesh = parallel.make_mesh(1)
+  state = state_lib.create_replicated_train_state(method, config.train, jax.random.key(0), mesh)
+  sentences = list(np.random.default_rng(0).integers(4, vocab, (batch_size, length))
+                   .astype(np.int32))
+  batch = {**parallel.global_batch(sentences, length, batch_size, mesh), "epoch": np.int32(0)}
+  flops = common.matmul_flops(train.make_train_step(method, mesh), state, batch,
+                              jax.random.key(1))
+  n, e, h = batch_size * (length - 1), config.model.embed_dim, config.model.hidden_dim
+  assert flops == 3 * 2 * n * (e * 4 * h + h * 4 * h + h * vocab) + 2 * n * vocab
