@@ -1,7 +1,7 @@
 """Time one training step at PTB sizes: B=32, K=20, E=H=256, D=32, V=10,002.
 
     python benchmarks/train_step.py [--kind=sri] [--lengths=22,12,32] [--gradient=final]
-        [--compute_dtype=float32] [--devices=1]
+        [--compute_dtype=float32] [--devices=1] [--batch_size=32]
 
 --kind=lm|vae|savae|sri_learned (any registered method) times that method's step (the VAEs
 with both encoder and decoder updated). For sri_learned, two rows per T: the decoder step alone
@@ -57,6 +57,8 @@ _PRECISION = flags.DEFINE_enum("matmul_precision", "default", config_lib.PRECISI
                                "Float32 matmul precision (config.train.matmul_precision).")
 _UNROLL = flags.DEFINE_integer("scan_unroll", 0, "The LSTM scan's unroll factor "
                                "(config.model.scan_unroll; 0: the backend's).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Sentences per step (config.data.batch_size; "
+                                   "the paper's 32).")
 _VOCAB = 10002
 # The step-size update's period in launch/ptb_sri_learned.flags (the amortisation); run from
 # the repository root, as the flagfile includes launch/ptb.flags.
@@ -67,6 +69,7 @@ _FLAGFILE_LEARN_EVERY = cli.config_from_flags(
 def main(argv):
   del argv
   config = config_lib.Config()
+  config.data.batch_size = _BATCH_SIZE.value
   config.train.gradient = _GRADIENT.value
   config.model.kind = _KIND.value
   config.model.compute_dtype = _COMPUTE_DTYPE.value
@@ -120,7 +123,7 @@ def _time_method(config, learn_every):
                               config.model.compute_dtype)
       timing = common.time_calls(lambda: one_step(batch), _REPEATS.value)
       matmul_floor_s = flops / (rate["gemm_gflops"] * 1e9)
-      row = {"devices": num_devices, "T": length, **timing, **floor,
+      row = {"devices": num_devices, "T": length, "batch_size": batch_size, **timing, **floor,
              "ratio_to_floor": timing["median_s"] / floor["floor_s"],
              "matmul_gflop": flops / 1e9, **rate, "matmul_floor_s": matmul_floor_s,
              "ratio_to_matmul_floor": timing["median_s"] / matmul_floor_s,
@@ -153,6 +156,8 @@ def _write(config, rows):
     name += f"_{_PRECISION.value}"
   if _UNROLL.value:
     name += f"_unroll{_UNROLL.value}"
+  if _BATCH_SIZE.value != 32:
+    name += f"_batch{_BATCH_SIZE.value}"
   path = common.write_result(name, {
       "config": {"batch_size": batch_size, "num_steps": config.langevin.num_steps,
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,

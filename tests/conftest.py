@@ -22,7 +22,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # comparison by ~3e-4 relative). The entry points set their own: training runs at
 # --config.train.matmul_precision (DEFAULT), evaluation at --config.eval.matmul_precision
 # (HIGHEST), as for a user (srlm/runtime.py; tests/runtime_test.py tests the policy).
-jax.config.update("jax_default_matmul_precision", "highest")
+# SRLM_TEST_MATMUL_PRECISION=default runs the session at the backend's default instead
+# (benchmarks/hardware_report.py lists what fails there on an accelerator).
+jax.config.update("jax_default_matmul_precision",
+                  os.environ.get("SRLM_TEST_MATMUL_PRECISION", "highest"))
 # SRLM_TEST_DETERMINISTIC=1: XLA's deterministic ops for the whole session (set before the
 # backend starts), so that on an accelerator the restart test can ask for equal bits.
 if os.environ.get("SRLM_TEST_DETERMINISTIC", "") not in ("", "0"):
