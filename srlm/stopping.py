@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Iterator
 
 import jax
@@ -28,7 +29,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 JOURNALED_MODES = ("eval", "bdmc", "features", "fit_step_sizes")
 _STOP_KEY = "srlm_stop_signal"
 _LEFT_KEY = "srlm_stopped_process"
-_LEAVE_WAIT_MS = 10_000  # process 0 waits at most this long for each other process to leave
+_LEAVE_WAIT_S = 10  # process 0 waits at most this long for the other processes to leave
 _WRITE_WAIT_S = 30  # at most this long for a write in progress (a result JSON: milliseconds)
 # Held by the one thread that ends the process: the signalled process's own key-value watcher
 # sees the key it just set, and must not say the signal came from another process.
@@ -67,8 +68,10 @@ def _leave_job() -> None:
     return
   try:
     if jax.process_index() == 0:
+      deadline = time.monotonic() + _LEAVE_WAIT_S  # for all of them together
       for index in range(1, jax.process_count()):
-        client.blocking_key_value_get(f"{_LEFT_KEY}/{index}", _LEAVE_WAIT_MS)
+        wait_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+        client.blocking_key_value_get(f"{_LEFT_KEY}/{index}", max(wait_ms, 1))
     else:
       client.key_value_set(f"{_LEFT_KEY}/{jax.process_index()}", "1")
   except Exception:  # pylint: disable=broad-except  # a process gone already: leave anyway
