@@ -77,13 +77,14 @@ def read_json(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def write_result(name: str, result: dict[str, Any]) -> str:
-  """Writes benchmarks/results/<name>_<backend>.json and returns its path."""
-  os.makedirs(RESULTS_DIR, exist_ok=True)
+def write_result(name: str, result: dict[str, Any], directory: str = "") -> str:
+  """Writes <directory, default RESULTS_DIR>/<name>_<backend>.json and returns its path."""
+  directory = directory or RESULTS_DIR
+  os.makedirs(directory, exist_ok=True)
   # srlm's own commit, or None where it runs from an archive (not an enclosing repository's).
   record = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             **reporting.provenance(), "hardware": hardware(), **result}
-  path = os.path.join(RESULTS_DIR, f"{name}_{jax.default_backend()}.json")
+  path = os.path.join(directory, f"{name}_{jax.default_backend()}.json")
   with open(path, "w") as f:
     json.dump(record, f, indent=2)
   return path

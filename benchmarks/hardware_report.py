@@ -248,10 +248,8 @@ def main(argv):
     print(f"hardware_report: {stage.name} {record['status']} in {record['seconds']} s",
           flush=True)
   table = _table(records)
-  os.environ["SRLM_RESULTS_DIR"] = out
-  common.RESULTS_DIR = out
   path = common.write_result("hardware_report", {
-      "smoke": _SMOKE.value, "budget_s": _BUDGET.value, "stages": records, "table": table})
+      "smoke": _SMOKE.value, "budget_s": _BUDGET.value, "stages": records, "table": table}, out)
   print(table)
   print(f"wrote {path}")
   failed = [r["stage"] for r in records

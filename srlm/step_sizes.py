@@ -72,13 +72,10 @@ def split_elbos(config: Config, run: runs.TrainedRun, log_step_sizes_K, split: p
   with a journal, its batches are journaled (see parallel.map_split)."""
   elbo = parallel.jit_replicated(_chain(run, "split_elbos").elbo, run.mesh)
   log_step_sizes_K = np.asarray(log_step_sizes_K, np.float32)
-  fn = lambda batch, key: elbo(run.params, log_step_sizes_K, batch, key)
-  if journal is not None:  # journaled outputs are dicts of arrays
-    fn = lambda batch, key, plain=fn: {"elbo": plain(batch, key)}
-  outs = [out for _, out in parallel.map_split(
-      fn, split, config.data.buckets, config.eval.batch_size, run.mesh, rng,
-      label=f"short-run ELBO on {split.name}", journal=journal, journal_prefix=journal_prefix)]
-  return np.concatenate([out["elbo"] if journal is not None else out for out in outs])
+  return np.concatenate([out["elbo"] for _, out in parallel.map_split(
+      lambda batch, key: {"elbo": elbo(run.params, log_step_sizes_K, batch, key)}, split,
+      config.data.buckets, config.eval.batch_size, run.mesh, rng,
+      label=f"short-run ELBO on {split.name}", journal=journal, journal_prefix=journal_prefix)])
 
 
 @runtime.at_evaluation_precision

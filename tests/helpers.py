@@ -13,6 +13,7 @@ import numpy as np
 
 from srlm import cli
 from srlm import config as config_lib
+from srlm import journal
 from srlm.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -97,3 +98,10 @@ def assert_one_message(result: CliResult, code: int, *phrases) -> str:
   for phrase in phrases:
     assert phrase in errors[0], errors[0]
   return errors[0]
+
+
+def journaled_batches(workdir: str, result: str = "") -> int:
+  """The finished batches journaled in workdir (of one result, or of all)."""
+  import glob  # pylint: disable=import-outside-toplevel
+  paths = glob.glob(os.path.join(workdir, journal.DIRECTORY, f"{result}*.jsonl"))
+  return sum(sum(1 for _ in open(p)) - 1 for p in paths)

@@ -16,7 +16,7 @@ import pytest
 
 from srlm import journal
 
-from helpers import REPO, copy_workdir, run_cli_process
+from helpers import REPO, copy_workdir, journaled_batches, run_cli_process
 
 # The trained workdir's 8 test sentences in 4 batches of 2, each batch a second or more.
 EVAL = ("--mode=eval", "--config.eval.batch_size=2")
@@ -26,17 +26,12 @@ RESULTS = {"ais": "eval_test_ais.json", "is": "eval_test.json"}
 TIMINGS = ("nll_seconds", "seconds_per_sentence_per_1000_steps")
 
 
-def _journaled_batches(workdir: str, result: str) -> int:
-  paths = glob.glob(os.path.join(workdir, journal.DIRECTORY, f"{result}.*.jsonl"))
-  return sum(sum(1 for _ in open(p)) - 1 for p in paths)
-
-
 def _stop_part_way(flags, workdir: str, result: str, signum: int) -> tuple[int, str]:
   """Starts the command, sends signum once a batch is journaled; (exit code, stderr)."""
   process = subprocess.Popen([sys.executable, "-m", "srlm.main", *flags], cwd=REPO,
                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   deadline = time.time() + 300
-  while _journaled_batches(workdir, result) < 1:
+  while journaled_batches(workdir, result + ".") < 1:
     assert time.time() < deadline and process.poll() is None, process.stderr.read()[-3000:]
     time.sleep(0.02)
   process.send_signal(signum)

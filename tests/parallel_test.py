@@ -14,13 +14,12 @@ import pytest
 
 from srlm import cli
 from srlm import config as config_lib
-from srlm import journal
 from srlm import runs
 from srlm import parallel
 from srlm.data import pipeline
 from srlm.errors import ConfigError
 
-from helpers import REPO, copy_workdir, run_cli_process
+from helpers import REPO, copy_workdir, journaled_batches, run_cli_process
 
 
 def _env(**extra) -> dict[str, str]:
@@ -160,11 +159,8 @@ def test_sigterm_to_one_process_stops_a_two_process_eval_and_the_journal_resumes
       stderr=subprocess.STDOUT, text=True,
       env=_env(SRLM_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))) for i in range(2)]
-  journals = os.path.join(workdir, journal.DIRECTORY)
-  finished = lambda: sum(sum(1 for _ in open(os.path.join(journals, name))) - 1
-                         for name in os.listdir(journals)) if os.path.isdir(journals) else 0
   deadline = time.time() + 300
-  while finished() < 1:  # 4 batches of 2 sentences; a few seconds each
+  while journaled_batches(workdir) < 1:  # 4 batches of 2 sentences; a few seconds each
     assert time.time() < deadline and all(p.poll() is None for p in processes)
     time.sleep(0.02)
   processes[1].send_signal(signal.SIGTERM)

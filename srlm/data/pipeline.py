@@ -86,14 +86,15 @@ def load_texts(config: DataConfig) -> tuple[dict[str, list[tuple[int, str, int]]
   if prepared:
     logging.info("Prepared %s as ArrayRecord in %s (once; later runs read it).", config.corpus,
                  prepared.group(1))
-  texts = _read_decoded(sources)
+  decoded_path, decoded_key = _decoded_path_and_key(sources)
+  texts = _read_decoded(decoded_path, decoded_key, list(sources))
   if texts is None:
     texts = {}
     for split, source in sources.items():
       examples = source.__getitems__(range(len(source)))
       texts[split] = [(int(e["line"]), e["text"].decode("utf-8"), int(e["label"]))
                       for e in examples]
-    _write_decoded(sources, texts)
+    _write_decoded(decoded_path, decoded_key, texts)
   return texts, dict(sources["train"].dataset_info.metadata)
 
 
@@ -114,16 +115,16 @@ def _decoded_path_and_key(sources) -> tuple[str, str]:
           hashlib.sha256(repr((_DECODED_FORMAT, sorted(sources), stamps)).encode()).hexdigest())
 
 
-def _read_decoded(sources) -> dict[str, list[tuple[int, str, int]]] | None:
+def _read_decoded(path: str, key: str,
+                  splits: list[str]) -> dict[str, list[tuple[int, str, int]]] | None:
   """The splits' (line, text, label) items from DECODED, or None where it is missing, stale
   or unreadable (then they are decoded from the records)."""
-  path, key = _decoded_path_and_key(sources)
   try:
     with np.load(path) as saved:
       if str(saved["key"]) != key:
         return None
       texts = {}
-      for split in sources:
+      for split in splits:
         lines, labels = saved[f"{split}.lines"].tolist(), saved[f"{split}.labels"].tolist()
         words = saved[f"{split}.texts"].tobytes().decode("utf-8").split("\n")
         if len(words) != max(len(lines), 1):
@@ -134,12 +135,11 @@ def _read_decoded(sources) -> dict[str, list[tuple[int, str, int]]] | None:
     return None
 
 
-def _write_decoded(sources, texts: dict[str, list[tuple[int, str, int]]]) -> None:
+def _write_decoded(path: str, key: str, texts: dict[str, list[tuple[int, str, int]]]) -> None:
   """Keeps the decoded splits for later runs; where the prepared data's folder cannot be
   written (a shared, read-only copy) every run decodes the records, as before."""
   if any("\n" in text for items in texts.values() for _, text, _ in items):
     return  # one text per line: a text holding a newline cannot be stored so
-  path, key = _decoded_path_and_key(sources)
   arrays = {"key": np.array(key)}
   for split, items in texts.items():
     arrays[f"{split}.lines"] = np.array([line for line, _, _ in items], np.int64)
