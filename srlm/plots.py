@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 
-from srlm import probes
 from srlm import reporting
 from srlm.methods import base
 
@@ -94,6 +93,8 @@ def feature_projection(features_NxD: np.ndarray, labels_N: np.ndarray, path: str
   """A scatter plot of the features' first two principal components, coloured by label
   (grey when unlabelled)."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  # Here, not at the top: scikit-learn takes seconds to import, and training imports plots.
+  from srlm import probes  # pylint: disable=import-outside-toplevel
   projected = probes.principal_components(features_NxD, 2)
   if projected.shape[1] == 1:  # a 1-D code is plotted against zero
     projected = np.concatenate([projected, np.zeros_like(projected)], axis=1)
