@@ -20,18 +20,61 @@ RESULTS_DIR = os.environ.get("SRLM_RESULTS_DIR") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def time_calls(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
-  """Compile time (first call) and the median / min of `repeats` later calls, in seconds."""
+# Model sizes the benchmarks time: PTB's (the paper's decoder), the small study's, and a
+# rehearsal's (hardware_report.py --smoke: every stage runs, no figure is a measurement).
+MODEL_SIZES = {
+    "ptb": {"embed_dim": 256, "hidden_dim": 256, "latent_dim": 32, "vocab_size": 10002},
+    "study": {"embed_dim": 128, "hidden_dim": 128, "latent_dim": 16, "vocab_size": 10002},
+    "tiny": {"embed_dim": 32, "hidden_dim": 32, "latent_dim": 8, "vocab_size": 500},
+}
+
+
+def sized_config(size: str):
+  """srlm's default Config with the model of MODEL_SIZES[size]; and its vocabulary size."""
+  from srlm import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.Config()
+  fields = MODEL_SIZES[size]
+  for name in ("embed_dim", "hidden_dim", "latent_dim"):
+    setattr(config.model, name, fields[name])
+  return config, fields["vocab_size"]
+
+
+def time_calls(fn: Callable[[], Any], repeats: int,
+               max_seconds: float = 0.0) -> dict[str, float]:
+  """Compile time (first call) and the median / min of `repeats` later calls, in seconds;
+  with max_seconds, fewer once the later calls have taken that long (at least 3)."""
   start = time.perf_counter()
   jax.block_until_ready(fn())
   compile_s = time.perf_counter() - start
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats and not (max_seconds and len(times) >= 3
+                                      and sum(times) >= max_seconds):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return {"compile_and_first_call_s": compile_s, "median_s": statistics.median(times),
-          "min_s": min(times), "repeats": repeats}
+          "min_s": min(times), "repeats": len(times)}
+
+
+def isolated_step_seconds(config, corpus, repeats: int) -> dict[int, dict[str, float]]:
+  """Each bucket's jitted train step on a fixed batch of that bucket (the first batch_size
+  training sentences that fit it): time_calls' compile and median, by length."""
+  from srlm import methods  # pylint: disable=import-outside-toplevel
+  from srlm import state as state_lib  # pylint: disable=import-outside-toplevel
+  from srlm import train  # pylint: disable=import-outside-toplevel
+  from srlm.data import pipeline  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  method = methods.get(config, len(corpus.vocab))
+  state = state_lib.create_train_state(method, config.train, jax.random.key(0))
+  step = train.make_train_step(method, donate=False)
+  split = corpus.splits["train"]
+  timings = {}
+  for length in config.data.buckets:
+    sentences = [s for s in split.sentences if len(s) + 2 <= length][:config.data.batch_size]
+    batch = {**pipeline.make_batch(sentences, length, config.data.batch_size),
+             "epoch": np.int32(0)}
+    timings[length] = time_calls(lambda: step(state, batch, jax.random.key(1)), repeats)
+  return timings
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -97,24 +140,15 @@ def write_result(name: str, result: dict[str, Any], directory: str = "") -> str:
 OUTPUT_LAYER_PRODUCTS = 42
 
 
-def float32_floor(batch_size: int, length: int, hidden: int = 256, vocab: int = 10002,
-                  products: int = OUTPUT_LAYER_PRODUCTS, repeats: int = 5) -> dict[str, float]:
-  """The float32 floor of an SRI step, measured here: `products` NumPy (BLAS) products of
-  (batch_size (length - 1) x hidden) @ (hidden x vocab), median of `repeats`, in seconds."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  h = rng.standard_normal((batch_size * (length - 1), hidden), dtype=np.float32)
-  w = rng.standard_normal((vocab, hidden), dtype=np.float32)
-  np.dot(h, w.T)  # warm-up (threads, page faults)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(products):
-      np.dot(h, w.T)
-    times.append(time.perf_counter() - start)
-  gflop = 2 * h.shape[0] * hidden * vocab * products / 1e9
-  median = statistics.median(times)
-  return {"floor_s": median, "floor_products": products, "floor_gflops": gflop / median}
+def output_layer_floor(gemm: dict[str, Any], products: int = OUTPUT_LAYER_PRODUCTS,
+                       rate: str = "gemm_gflops") -> dict[str, float]:
+  """The output-layer floor of an SRI step: `products` output-layer products at the rate
+  gemm_rate measured at that shape ((B (T - 1) x H) @ (H x V)), its best by default (`rate`
+  names another of its rates); seconds."""
+  rows, inner, cols = gemm["gemm_shape"]
+  gflop = 2 * rows * inner * cols * products / 1e9
+  return {"floor_s": gflop / gemm[rate], "floor_products": products,
+          "floor_gflops": gemm[rate]}
 
 
 def gemm_rate(rows: int, inner: int, cols: int, dtype: str = "float32",
@@ -145,16 +179,21 @@ def gemm_rate(rows: int, inner: int, cols: int, dtype: str = "float32",
           "gemm_gflops": max(rates.values()), **rates}
 
 
-def matmul_flops(fn: Callable[..., Any], *args: Any) -> int:
-  """The floating-point operations of every matrix product fn(*args) performs, counted on its
-  jaxpr after dead-code elimination: each dot_general is 2 x (its output's elements) x (its contracted size), a scan's body
-  counts `length` times, a cond its costliest branch. XLA's own cost analysis cannot be used:
-  it counts a loop's body once (srlm's step is a scan of K chain steps of a scan over T)."""
+def traced(fn: Callable[..., Any], *args: Any):
+  """fn(*args)'s jaxpr after dead-code elimination, for matmul_flops and scan_iterations."""
   jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   # What XLA would remove first: products whose results are never used (a custom VJP's weight
   # gradient inside a chain that differentiates with respect to z only).
   from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
   jaxpr, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+  return jaxpr
+
+
+def matmul_flops(jaxpr) -> int:
+  """The floating-point operations of every matrix product a traced function performs: each
+  dot_general is 2 x (its output's elements) x (its contracted size), a scan's body counts
+  `length` times, a cond its costliest branch. XLA's own cost analysis cannot be used: it
+  counts a loop's body once (srlm's step is a scan of K chain steps of a scan over T)."""
   return _jaxpr_matmul_flops(jaxpr)
 
 
@@ -177,3 +216,51 @@ def _jaxpr_matmul_flops(jaxpr) -> int:
                   if isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)))
       total += inner * (eqn.params["length"] if name == "scan" else 1)
   return total
+
+
+def scan_iterations(jaxpr) -> int:
+  """How many loop iterations a traced function runs one after another: a scan's body counts
+  `length` times (once per iteration, or its nested scans' iterations), a cond its longest
+  branch. Each iteration of srlm's scans is an LSTM cell step (forward or backward) or a
+  chain step that holds them, and each waits for the one before: their count times one cell
+  step's time (lstm_cell_seconds) is a floor on the step that faster arithmetic does not
+  lower (train_step.py's latency floor)."""
+  return _jaxpr_scan_iterations(jaxpr)
+
+
+def _jaxpr_scan_iterations(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "while":
+      raise ValueError("scan_iterations: a while loop's trip count is unknown to the jaxpr")
+    if name == "cond":
+      total += max(_jaxpr_scan_iterations(b.jaxpr) for b in eqn.params["branches"])
+      continue
+    inner = sum(_jaxpr_scan_iterations(getattr(p, "jaxpr", p)) for p in eqn.params.values()
+                if isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)))
+    total += eqn.params["length"] * max(inner, 1) if name == "scan" else inner
+  return total
+
+
+def lstm_cell_seconds(batch_size: int = 32, hidden: int = 256, cells: int = 200,
+                      repeats: int = 5) -> dict[str, float]:
+  """One LSTM cell step's time when each waits for the one before (srlm's cell, in a rolled
+  lax.scan of `cells` steps at B x H; median of `repeats` scans, divided by `cells`). On an
+  accelerator this is latency (kernel launches, the loop's bookkeeping), not arithmetic."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from srlm import models  # pylint: disable=import-outside-toplevel
+
+  def run(w_h, gates_in, h0):
+    def step(carry, _):
+      return models.lstm_cell(*carry, gates_in, w_h), None
+    (h, _), _ = jax.lax.scan(step, (h0, jnp.zeros_like(h0)), None, length=cells)
+    return h
+
+  keys = jax.random.split(jax.random.key(0), 3)
+  w_h = 0.1 * jax.random.normal(keys[0], (hidden, 4 * hidden))
+  gates_in = jax.random.normal(keys[1], (batch_size, 4 * hidden))
+  h0 = jax.random.normal(keys[2], (batch_size, hidden))
+  run = jax.jit(run)
+  timing = time_calls(lambda: run(w_h, gates_in, h0), repeats)
+  return {"lstm_cell_s": timing["median_s"] / cells, "lstm_cell_shape": [batch_size, hidden]}

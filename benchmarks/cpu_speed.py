@@ -1,7 +1,8 @@
 """Where a CPU's SRI step loses against its float32 floor, under XLA:CPU's dot paths.
 
 For each named setting (the XLA_FLAGS of SETTINGS below), one fresh process measures, in the same process so the ratios hold under the same load:
-  - the float32 floor (common.float32_floor: 42 NumPy/BLAS products of the output layer),
+  - the float32 floor (common.output_layer_floor: 42 products of the output layer at NumPy's
+    BLAS rate, which XLA's flags do not change),
   - XLA's output-layer products alone, in the three layouts a step uses, float32 and
     bfloat16 inputs: logits h @ W^T (672 x 256 x 10,002 at T = 22), the gradient back to h
     g @ W (672 x 10,002 x 256), the weight gradient g^T @ h (10,002 x 672 x 256),
@@ -53,7 +54,8 @@ def _measure(name: str) -> dict:
 
   length, batch_size, hidden, vocab = _LENGTH.value, 32, 256, 10002
   out = {"setting": name, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-         **common.float32_floor(batch_size, length)}
+         **common.output_layer_floor(common.gemm_rate(batch_size * (length - 1), hidden,
+                                                       vocab), rate="gemm_numpy_gflops")}
   rows = batch_size * (length - 1)
   rng = np.random.default_rng(0)
   for dtype in ("float32", "bfloat16"):

@@ -12,7 +12,8 @@
 # Stages: the numerical tests at the suite's HIGHEST with deterministic ops
 # (SRLM_TEST_DETERMINISTIC=1) and without; the SRI step at T = 22 at DEFAULT and HIGHEST, with
 # unroll factors 1, 2, 4 and 8, and under deterministic ops; TF32's effect on srlm's figures
-# (benchmarks/precision.py); the loop against the isolated step (benchmarks/loop_overhead.py).
+# (benchmarks/precision.py); the loop against the isolated step (benchmarks/epoch.py on a
+# millisecond model).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -23,13 +24,13 @@ if [ "$SMOKE" = 1 ]; then
   STEP="--lengths=12 --repeats=2"
   PRECISION="--sentences=2 --samples=2 --ais_steps=5 --ais_chains=2"
   TESTS="tests/objectives_test.py"
-  LOOP="--epochs=1 --log_every=5 --repeats=3"
+  LOOP="--budget_s=50 --log_every=5 --repeats=3 --flags=--flagfile=launch/ptb_tiny.flags,--config.model.embed_dim=32,--config.model.hidden_dim=32,--config.data.vocab_size=500,--config.data.max_train_sentences=320"
 else
   STEP="--lengths=22 --repeats=20"
   PRECISION=""
   TESTS="tests/objectives_test.py tests/langevin_test.py tests/models_test.py tests/ais_test.py
          tests/runtime_test.py tests/train_test.py"
-  LOOP=""
+  LOOP="--budget_s=50 --log_every=25 --flags=--flagfile=launch/ptb_tiny.flags,--config.model.embed_dim=32,--config.model.hidden_dim=32,--config.data.vocab_size=500,--config.data.max_train_sentences=3200"
 fi
 
 stage() {  # stage NAME SECONDS COMMAND...: runs it under a time limit, logged to $OUT/NAME.log
@@ -62,5 +63,5 @@ stage step_deterministic 45 env XLA_FLAGS=--xla_gpu_deterministic_ops=true \
 # shellcheck disable=SC2086
 stage precision 60 python benchmarks/precision.py $PRECISION
 # shellcheck disable=SC2086
-stage loop 60 python benchmarks/loop_overhead.py $LOOP
+stage loop 60 python benchmarks/epoch.py $LOOP
 grep -h "s/step\|ratio\|passed\|failed\|tf32\|own_nll\|ais_nll\|train_step" "$OUT"/gpu_check_*.log

@@ -157,7 +157,8 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
   """Trains (or resumes) the run in `workdir`; returns its status and last metrics.
 
   status is "completed", "max_steps" (stopped at --config.train.max_steps), or "preempted"
-  (a signal arrived; a checkpoint was saved and `signal` holds its number). "curves" is the
+  (a signal arrived; a checkpoint was saved and `signal` holds its number). loop_seconds: the
+  wall time from the first step's dispatch to the end (compiles, validation, saving included). "curves" is the
   path of training_curves.png. `progress_bar` shows a tqdm bar over the run's steps (in
   notebooks, beside the log lines). `mesh`: the run's devices (srlm.cli makes it once);
   None builds it from config.parallel.
@@ -246,7 +247,7 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
   # waits for step s - 1 (so at most one step is queued behind the running one: a signal is
   # answered within about two steps, and the rate logged is that of finished work), and a log
   # window closed at step s is fetched and reported after step s + 1 is dispatched (one step
-  # late, so the device never idles while the host writes metrics). benchmarks/loop_overhead.py
+  # late, so the device never idles while the host writes metrics). benchmarks/epoch.py
   # measures the loop against the isolated step.
   pending: list[dict[str, jax.Array]] = []  # the open window's metrics, on the device
   closed: dict[str, Any] | None = None  # the window closed at the last log step, not reported
@@ -318,7 +319,8 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
           save(next_position)
           checkpointer.wait()
           status = "preempted" if signum is not None else "max_steps"
-          return {"status": status, "signal": signum, "step": step}
+          return {"status": status, "signal": signum, "step": step,
+                  "loop_seconds": time.time() - run_start}
       report()  # the epoch's last window, before its validation record
       valid, others = evaluate.reconstruction(config, method, state.params, valid_split,
                                               eval_rng, mesh)
@@ -340,4 +342,4 @@ def _train_loop(config: Config, workdir: str, corpus: pipeline.Corpus, method: m
         plots.schedule(workdir, method.report.schedule)
   checkpointer.wait()
   logging.info("Finished %d steps in %s.", step, reporting.format_seconds(time.time() - run_start))
-  return {**result, "step": step}
+  return {**result, "step": step, "loop_seconds": time.time() - run_start}

@@ -1,4 +1,5 @@
-"""The benchmarks' own arithmetic: the matmul FLOP count behind train_step.py's matmul floor."""
+"""The benchmarks' own arithmetic: the matmul FLOP count and the dependent loop iterations behind
+train_step.py's matmul and latency floors."""
 
 import sys
 
@@ -29,14 +30,14 @@ def _tanh_chain(w, x):
 def test_matmul_flops_counts_loop_bodies_times_their_length_and_skips_unused_products():
   w, x = jnp.ones((128, 128)), jnp.ones((64, 128))
   product = 2 * 64 * 128 * 128
-  assert common.matmul_flops(_tanh_chain, w, x) == 10 * product
+  assert common.matmul_flops(common.traced(_tanh_chain, w, x)) == 10 * product
   # Backward: the gradient back through c and the weight gradient, each step.
-  assert common.matmul_flops(jax.grad(_tanh_chain), w, x) == 30 * product
+  assert common.matmul_flops(common.traced(jax.grad(_tanh_chain), w, x)) == 30 * product
   # With respect to x only, inside jit: the weight gradients are dead code.
-  assert common.matmul_flops(jax.jit(jax.grad(_tanh_chain, argnums=1)), w, x) == 20 * product
+  assert common.matmul_flops(common.traced(jax.jit(jax.grad(_tanh_chain, argnums=1)), w, x)) == 20 * product
   # A cond counts its costliest branch.
   pick = lambda p, w, x: jax.lax.cond(p, lambda: (x @ w).sum(), lambda: x.sum())
-  assert common.matmul_flops(pick, True, w, x) == product
+  assert common.matmul_flops(common.traced(pick, True, w, x)) == product
 
 
 def test_the_lm_train_step_performs_the_products_of_an_lstm_forward_and_backward(tiny_config):
@@ -53,7 +54,25 @@ def test_the_lm_train_step_performs_the_products_of_an_lstm_forward_and_backward
   sentences = list(np.random.default_rng(0).integers(4, vocab, (batch_size, length))
                    .astype(np.int32))
   batch = {**parallel.global_batch(sentences, length, batch_size, mesh), "epoch": np.int32(0)}
-  flops = common.matmul_flops(train.make_train_step(method, mesh), state, batch,
-                              jax.random.key(1))
+  step = train.make_train_step(method, mesh)
+  jaxpr = common.traced(step, state, batch, jax.random.key(1))
+  flops = common.matmul_flops(jaxpr)
   n, e, h = batch_size * (length - 1), config.model.embed_dim, config.model.hidden_dim
   assert flops == 3 * 2 * n * (e * 4 * h + h * 4 * h + h * vocab) + 2 * n * vocab
+  # One cell step per predicted position forward, and one back (its latency floor).
+  assert common.scan_iterations(jaxpr) == 2 * (length - 1)
+
+
+def test_scan_iterations_counts_dependent_loop_steps_forward_and_backward():
+  w, x = jnp.ones((128, 128)), jnp.ones((64, 128))
+  assert common.scan_iterations(common.traced(_tanh_chain, w, x)) == 10
+  # The gradient runs the forward scan, then the reverse one.
+  assert common.scan_iterations(common.traced(jax.grad(_tanh_chain), w, x)) == 20
+
+  def chain_of_chains(w, x):  # 3 outer steps, each running the 10-step scan and its reverse
+    def body(c, _):
+      return c + jax.grad(_tanh_chain, argnums=1)(w, c), None
+    return jax.lax.scan(body, x, None, length=3)[0].sum()
+  assert common.scan_iterations(common.traced(chain_of_chains, w, x)) == 3 * 20
+  pick = lambda p, w, x: jax.lax.cond(p, lambda: _tanh_chain(w, x), lambda: x.sum())
+  assert common.scan_iterations(common.traced(pick, True, w, x)) == 10
