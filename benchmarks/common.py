@@ -194,28 +194,17 @@ def matmul_flops(jaxpr) -> int:
   dot_general is 2 x (its output's elements) x (its contracted size), a scan's body counts
   `length` times, a cond its costliest branch. XLA's own cost analysis cannot be used: it
   counts a loop's body once (srlm's step is a scan of K chain steps of a scan over T)."""
-  return _jaxpr_matmul_flops(jaxpr)
-
-
-def _jaxpr_matmul_flops(jaxpr) -> int:
   import math  # pylint: disable=import-outside-toplevel
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      lhs, rhs = (v.aval.shape for v in eqn.invars)
-      (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
-      rhs_free = [d for i, d in enumerate(rhs) if i not in (*rhs_contract, *rhs_batch)]
-      total += 2 * math.prod(lhs) * math.prod(rhs_free)
-    elif name == "while":
-      raise ValueError("matmul_flops: a while loop's trip count is unknown to the jaxpr")
-    elif name == "cond":
-      total += max(_jaxpr_matmul_flops(b.jaxpr) for b in eqn.params["branches"])
-    else:
-      inner = sum(_jaxpr_matmul_flops(getattr(p, "jaxpr", p)) for p in eqn.params.values()
-                  if isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)))
-      total += inner * (eqn.params["length"] if name == "scan" else 1)
-  return total
+
+  def product_flops(eqn) -> int:
+    if eqn.primitive.name != "dot_general":
+      return 0
+    lhs, rhs = (v.aval.shape for v in eqn.invars)
+    (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+    rhs_free = [d for i, d in enumerate(rhs) if i not in (*rhs_contract, *rhs_batch)]
+    return 2 * math.prod(lhs) * math.prod(rhs_free)
+
+  return _jaxpr_total(jaxpr, product_flops, lambda length, body: length * body)
 
 
 def scan_iterations(jaxpr) -> int:
@@ -225,21 +214,27 @@ def scan_iterations(jaxpr) -> int:
   chain step that holds them, and each waits for the one before: their count times one cell
   step's time (lstm_cell_seconds) is a floor on the step that faster arithmetic does not
   lower (train_step.py's latency floor)."""
-  return _jaxpr_scan_iterations(jaxpr)
+  return _jaxpr_total(jaxpr, lambda eqn: 0, lambda length, body: length * max(body, 1))
 
 
-def _jaxpr_scan_iterations(jaxpr) -> int:
+def _jaxpr_total(jaxpr, eqn_value, scan_value) -> int:
+  """The sum over a jaxpr's equations of eqn_value(eqn) and of what their inner jaxprs hold:
+  a scan's body's total as scan_value(length, total), a cond's costliest branch, any other
+  inner jaxpr (pjit, custom VJP, ...) once."""
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "while":
-      raise ValueError("scan_iterations: a while loop's trip count is unknown to the jaxpr")
+      raise ValueError("a while loop's trip count is unknown to the jaxpr")
     if name == "cond":
-      total += max(_jaxpr_scan_iterations(b.jaxpr) for b in eqn.params["branches"])
+      total += max(_jaxpr_total(b.jaxpr, eqn_value, scan_value)
+                   for b in eqn.params["branches"])
       continue
-    inner = sum(_jaxpr_scan_iterations(getattr(p, "jaxpr", p)) for p in eqn.params.values()
+    inner = sum(_jaxpr_total(getattr(p, "jaxpr", p), eqn_value, scan_value)
+                for p in eqn.params.values()
                 if isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)))
-    total += eqn.params["length"] * max(inner, 1) if name == "scan" else inner
+    total += eqn_value(eqn) + (scan_value(eqn.params["length"], inner) if name == "scan"
+                               else inner)
   return total
 
 

@@ -140,7 +140,7 @@ def main(argv):
     valid_sentences = min(valid_sentences, len(valid_split))
   train_budget_s = 0.7 * left_s - loop_compile_estimate_s - 10  # 10 s: corpus, state, saving
   steps = int(min(len(plan), max(train_budget_s / mean_step_s, 2 * _LOG_EVERY.value)))
-  print(f"isolated step by bucket: " + ", ".join(
+  print("isolated step by bucket: " + ", ".join(
       f"T={k}: {v * 1e3:.2f} ms" for k, v in step_s.items())
         + f"; training {steps} of the epoch's {len(plan)} steps, validating on "
         f"{valid_sentences} of {len(valid_split)} sentences", flush=True)

@@ -64,7 +64,8 @@ def main(argv):
   path = common.write_result("eval_nll", {
       "config": {"num_steps": config.langevin.num_steps, "latent_dim": config.model.latent_dim,
                  "embed_dim": config.model.embed_dim, "hidden_dim": config.model.hidden_dim,
-                 "vocab_size": vocab, "size": _SIZE.value, "log_det": "exact, Hessians along the chain"},
+                 "vocab_size": vocab, "size": _SIZE.value,
+                 "log_det": "exact, Hessians along the chain"},
       "rows": rows})
   print(f"wrote {path}")
 

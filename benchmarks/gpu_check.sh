@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the next GPU run measures for the precision policy, the deterministic mode, the loop and
-# the scan's unroll factor (README, "Precision, determinism, compilation" and Speed), in one
+# the scan's unroll factor (README, "Precision, determinism, compilation"; docs/speed.md), in one
 # command with a budget of about 7 minutes (each stage under its own time limit, so one that
 # hangs costs only its share; the logs and JSONs go to $OUT, default benchmarks/results/):
 #
