@@ -386,10 +386,6 @@ def to_dict(config: Config) -> dict[str, Any]:
   return dataclasses.asdict(config)
 
 
-def to_json(config: Config) -> str:
-  return json.dumps(to_dict(config), indent=2, sort_keys=True)
-
-
 def section_type(field: dataclasses.Field) -> type:
   return field.type if isinstance(field.type, type) else field.default_factory
 
@@ -409,20 +405,11 @@ def from_dict(values: dict[str, Any]) -> Config:
   return Config(**sections)
 
 
-# Fields that fix the shapes of the parameters and the data: a checkpoint can only be restored
-# under a config that agrees on them.
-SHAPE_FIELDS = ("data.corpus", "data.source_dir", "data.split_files", "data.vocab_size",
-                "model.kind",
-                "model.embed_dim",
-                "model.hidden_dim", "model.latent_dim")
-
-
-def shape_fields(config: Config) -> tuple[str, ...]:
-  """SHAPE_FIELDS, and langevin.num_steps where the chain's K step sizes are parameters
-  (sri_learned): there another K is another parameter shape, not a damaged checkpoint."""
-  if config.model.kind == "sri_learned":
-    return SHAPE_FIELDS + ("langevin.num_steps",)
-  return SHAPE_FIELDS
+# Fields that say what a checkpoint's parameters mean beyond their shapes (checkpointing checks
+# the shapes themselves against what this config's init makes): its corpus and vocabulary, and
+# its method. A checkpoint is restored only under a config that agrees on them.
+IDENTITY_FIELDS = ("data.corpus", "data.source_dir", "data.split_files", "data.vocab_size",
+                   "model.kind")
 
 
 # Fields that fix the order of the training data: a run stopped mid-epoch can only resume

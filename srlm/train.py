@@ -158,9 +158,9 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
 
   status is "completed", "max_steps" (stopped at --config.train.max_steps), or "preempted"
   (a signal arrived; a checkpoint was saved and `signal` holds its number). loop_seconds: the
-  wall time from the first step's dispatch to the end (compiles, validation, saving included). "curves" is the
-  path of training_curves.png. `progress_bar` shows a tqdm bar over the run's steps (in
-  notebooks, beside the log lines). `mesh`: the run's devices (srlm.cli makes it once);
+  wall time from the first step's dispatch to the end (compiles, validation, saving
+  included). "curves" is the path of training_curves.png. `progress_bar` shows a tqdm bar
+  over the run's steps (in notebooks, beside the log lines). `mesh`: the run's devices (srlm.cli makes it once);
   None builds it from config.parallel.
 
   Before anything in the workdir changes: the config is validated, the workdir must be
@@ -178,9 +178,6 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
     checkpointer = Checkpointer(workdir, config)
     # Also on errors: Orbax's background threads must not outlive the interpreter's exit.
     stack.callback(checkpointer.close)
-    checkpointer.check_resumable()
-    reporting.write_json_atomic(os.path.join(workdir, "config.json"),
-                                config_lib.to_dict(config))
     corpus = parallel.load_corpus(config.data)
     train_split = corpus.splits["train"]
     if not len(train_split):
@@ -193,6 +190,9 @@ def train_and_evaluate(config: Config, workdir: str, progress_bar: bool = False,
     method = methods.get(config, len(corpus.vocab), steps_per_epoch)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.train.seed), 3)
     state = create_replicated_train_state(method, config.train, init_rng, mesh)
+    checkpointer.check_resumable(checkpointing.abstract(state))
+    reporting.write_json_atomic(os.path.join(workdir, "config.json"),
+                                config_lib.to_dict(config))
     writer = stack.enter_context(contextlib.closing(reporting.MetricWriter(workdir)))
     result = _train_loop(config, workdir, corpus, method, state, eval_rng, train_rng,
                          checkpointer, writer, mesh, steps_per_epoch, progress_bar)

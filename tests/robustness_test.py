@@ -5,12 +5,12 @@ workdir is lost or silently skipped."""
 
 import contextlib
 import json
+import logging as logging_std
 import os
 import pathlib
 import signal
 import struct
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -168,7 +168,7 @@ def test_a_workdir_that_is_a_file_or_read_only_is_refused_before_any_work(tiny_c
   with pytest.raises(UserError, match="is a file, not a directory"):
     train.train_and_evaluate(tiny_config, str(afile))
   with _tmpfs(tmp_path / "ro", "1m") as readonly:
-    (readonly / "config.json").write_text(config_lib.to_json(tiny_config))
+    (readonly / "config.json").write_text(json.dumps(config_lib.to_dict(tiny_config)))
     subprocess.run(["mount", "-o", "remount,ro", str(readonly)], check=True)
     with pytest.raises(UserError, match="cannot be written"):
       train.train_and_evaluate(tiny_config, str(readonly / "run"))
@@ -254,6 +254,19 @@ def _tensorboard_scalars(workdir):
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
+
+
+def test_restoring_a_run_from_python_logs_no_orbax_warning(trained_workdir, tfds_dir, caplog):
+  """README's "From Python": runs.restore_trained opens the checkpoints read-only, and Orbax
+  warned about every option a read-only manager overrides and that the directory is read only
+  (no CLI log filter stands between Python and those)."""
+  config = cli.config_from_flags(short_run_flags(tfds_dir, "sri"))
+  with caplog.at_level(logging_std.WARNING):
+    run = runs.restore_trained(config, trained_workdir())
+  assert run.step == 3
+  warnings = [r.getMessage() for r in caplog.records
+              if "orbax" in r.pathname and r.levelno >= logging_std.WARNING]
+  assert not warnings, warnings
 
 
 def test_runs_log_no_library_noise_and_write_tensorboard_events(tmp_path):
