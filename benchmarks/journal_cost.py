@@ -67,8 +67,8 @@ def main(argv):
             journal.record = timed_record
             record_seconds.append(0.0)
           start = time.time()
-          evaluate.evaluate_split_ais(config, run.method, run.params, split,
-                                      jax.random.key(0), run.mesh, journal)
+          evaluate.evaluate_split(config, run.method, run.params, split,  # AIS, by config
+                                  jax.random.key(0), run.mesh, journal)
           return time.time() - start
 
       once(False), once(True)  # the persistent cache's compilations

@@ -79,7 +79,9 @@ def main(argv):
   def figures(precision: str) -> dict[str, np.ndarray]:
     with runtime.matmul_precision(precision):
       own = evaluate.evaluate_split(config, run.method, run.params, split, rng)
-      ais = evaluate.evaluate_split_ais(config, run.method, run.params, split, rng)
+      ais = evaluate.evaluate_split(
+          config, run.method, run.params, split, rng,
+          estimator=evaluate.annealed_importance_sampling(config, run.method, run.params))
       step = train_step(precision)
     return {"own_nll": np.asarray(own["sentence_nll"]),
             "ais_nll": np.asarray(ais["sentence_nll"]), **step}

@@ -1,8 +1,9 @@
 """The latent space as a product (docs/method.md §6): prior samples, reconstructions,
 interpolations, features, semi-supervised classification and clustering.
 
-Each function takes a restored run (`runs.restore_trained`) and returns text; `run_mode`
-writes it into the workdir and returns what to print. Inferred codes are the posterior means
+Each function takes a restored run (`runs.restore_trained`) and returns text; each mode
+(`sample_mode`, ..., the functions srlm.cli's mode table calls) writes it into the workdir and
+returns what to print. Inferred codes are the posterior means
 of the run's method (`Latent.posterior_step`: the mean of S = config.eval.num_posterior_chains
 short-run chains for SRI, the encoder's mean for the VAE), features its `feature_step`. A
 method without a latent (the LSTM-LM) has no latent space.
@@ -43,9 +44,10 @@ def _decode(config: Config, run: runs.TrainedRun, z, rng) -> list[str]:
 
 
 def _method(config: Config, run: runs.TrainedRun) -> methods.Method:
-  """The run's method under `config`, whose analysis and eval settings (the feature chains,
-  S) may differ from those the run was restored with; the parameters' shapes cannot."""
-  return methods.get(config, len(run.corpus.vocab))
+  """The run's method under `config`: the one it was restored with when the config is that
+  one (a command's), else built anew (a caller's other analysis or eval settings: the feature
+  chains, S; the parameters' shapes cannot differ)."""
+  return run.method if config == run.config else methods.get(config, len(run.corpus.vocab))
 
 
 def _require_latent(run: runs.TrainedRun, mode: str) -> None:
@@ -218,7 +220,7 @@ def features(config: Config, run: runs.TrainedRun, split_name: str, workdir: str
   return probes.Labelled(split_name, values, split.labels)
 
 
-def _features_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
+def features_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
   data = features(config, run, config.analysis.split, workdir)
   png = plots.feature_projection(
       data.features, data.labels, os.path.join(workdir, f"features_{data.name}.png"),
@@ -291,43 +293,41 @@ def _write_lines(path: str, lines: list[str]) -> tuple[str, str]:
   return "\n".join(lines), path
 
 
-def run_mode(mode: str, config: Config, workdir: str,
-             mesh: jax.sharding.Mesh | None = None) -> tuple[str, str]:
-  """Runs an analysis mode on a trained workdir; returns (what to print, the file written)."""
-  with runtime.evaluation_precision(config):
-    return _run_mode(mode, config, workdir, mesh)
+# --- the modes: (config, run, workdir) -> (what to print, the file written) -----------------
+# srlm.cli's mode table restores the run (at evaluation precision) and calls one of these.
+
+def sample_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
+  return _write_lines(os.path.join(workdir, "samples.txt"), sample_prior(config, run))
 
 
-def _run_mode(mode: str, config: Config, workdir: str,
-              mesh: jax.sharding.Mesh | None) -> tuple[str, str]:
-  run = runs.restore_trained(config, workdir, mesh)
+def reconstruct_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
   a = config.analysis
-  if mode == "sample":
-    return _write_lines(os.path.join(workdir, "samples.txt"), sample_prior(config, run))
-  if mode == "reconstruct":
-    if a.input_file:
-      texts = _read_lines(a.input_file, "--config.analysis.input_file")
-    else:
-      split = _split(config, run, a.split, "split")
-      texts = [run.corpus.vocab.decode(s) for s in split.sentences[:a.max_sentences]]
-    outputs = reconstruct(config, run, texts)
-    return _write_lines(os.path.join(workdir, "reconstructions.tsv"),
-                        [f"{x}\t{y}" for x, y in zip(texts, outputs)])
-  if mode == "interpolate":
-    pairs = _pairs(config)
-    lines = []
-    for (first, second), decoded in zip(pairs, interpolate(config, run, pairs)):
-      lines += [f"# {first} | {second}"] + decoded + [""]
-    return _write_lines(os.path.join(workdir, "interpolations.txt"), lines)
-  if mode == "features":
-    return _features_mode(config, run, workdir)
-  if mode == "classify":
-    result = classify(config, run, workdir)
-    return classification_table(result), result["path"]
-  if mode == "cluster":
-    result = cluster(config, run, workdir)
-    return (f"PCA to {result['pca_dims']} dimensions + {result['num_clusters']}-component "
-            f"Gaussian mixture on {result['split']} ({result['num_sentences']} sentences, "
-            f"features: {result['features']}): accuracy {result['accuracy']:.4f} under the "
-            "best cluster-to-label mapping", result["path"])
-  raise ValueError(mode)
+  if a.input_file:
+    texts = _read_lines(a.input_file, "--config.analysis.input_file")
+  else:
+    split = _split(config, run, a.split, "split")
+    texts = [run.corpus.vocab.decode(s) for s in split.sentences[:a.max_sentences]]
+  outputs = reconstruct(config, run, texts)
+  return _write_lines(os.path.join(workdir, "reconstructions.tsv"),
+                      [f"{x}\t{y}" for x, y in zip(texts, outputs)])
+
+
+def interpolate_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
+  pairs = _pairs(config)
+  lines = []
+  for (first, second), decoded in zip(pairs, interpolate(config, run, pairs)):
+    lines += [f"# {first} | {second}"] + decoded + [""]
+  return _write_lines(os.path.join(workdir, "interpolations.txt"), lines)
+
+
+def classify_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
+  result = classify(config, run, workdir)
+  return classification_table(result), result["path"]
+
+
+def cluster_mode(config: Config, run: runs.TrainedRun, workdir: str) -> tuple[str, str]:
+  result = cluster(config, run, workdir)
+  return (f"PCA to {result['pca_dims']} dimensions + {result['num_clusters']}-component "
+          f"Gaussian mixture on {result['split']} ({result['num_sentences']} sentences, "
+          f"features: {result['features']}): accuracy {result['accuracy']:.4f} under the "
+          "best cluster-to-label mapping", result["path"])

@@ -178,7 +178,7 @@ def _eval(config, workdir, mesh) -> tuple[int, str]:
       f"REC {result['rec']:.2f}\n"
       + (f"  AIS: acceptance rate {result['ais_acceptance_rate']:.2f}, effective sample size "
          f"{result['ais_ess']:.2f} of {result['ais_chains']} chains\n"
-         if config.eval.estimator == "ais" and result["ais_acceptance_rate"] is not None
+         if result.get("ais_acceptance_rate") is not None
          else "")
       + (f"  non-finite NLL for {result['non_finite_nll_sentences']} sentence(s), source "
          f"lines {result['non_finite_nll_lines'][:10]} (all in the JSON)\n"
@@ -195,8 +195,8 @@ def _bdmc(config, workdir, mesh) -> tuple[int, str]:
 
 
 def _fit_step_sizes(config, workdir, mesh) -> tuple[int, str]:
-  from srlm import step_sizes  # pylint: disable=import-outside-toplevel
-  result = step_sizes.fit_workdir(config, workdir, mesh)
+  from srlm import fit  # pylint: disable=import-outside-toplevel
+  result = fit.fit_workdir(config, workdir, mesh)
   return EXIT_OK, (
       f"fitted step sizes for checkpoint step {result['checkpoint_step']} on "
       f"{result['valid_sentences']} validation sentences ({result['fit_steps']} updates): "
@@ -209,12 +209,19 @@ def _fit_step_sizes(config, workdir, mesh) -> tuple[int, str]:
       "--config.eval.step_sizes=fitted")
 
 
-def _analysis(mode: str):
-  def run_analysis(config, workdir, mesh) -> tuple[int, str]:
+def _latent_mode(body):
+  """A latent-space mode: the workdir's run restored, at evaluation precision, and
+  body(analysis)(config, run, workdir) -> (text, the file written). (srlm.analysis, which
+  uses matplotlib and scikit-learn, is imported when the mode runs: --help stays fast.)"""
+  def run_mode(config, workdir, mesh) -> tuple[int, str]:
     from srlm import analysis  # pylint: disable=import-outside-toplevel
-    text, path = analysis.run_mode(mode, config, workdir, mesh)
+    from srlm import runs  # pylint: disable=import-outside-toplevel
+    from srlm import runtime  # pylint: disable=import-outside-toplevel
+    with runtime.evaluation_precision(config):
+      text, path = body(analysis)(config, runs.restore_trained(config, workdir, mesh),
+                                  workdir)
     return EXIT_OK, f"{text}\n(written to {path})"
-  return run_analysis
+  return run_mode
 
 
 MODES = {
@@ -230,13 +237,13 @@ MODES = {
     "fit_step_sizes": Mode(_fit_step_sizes, "(SRI runs) fits the chain's step sizes to the "
                            "validation split with the decoder fixed and writes "
                            "step_sizes/fitted_<step>.json"),
-    "sample": Mode(_analysis("sample"), "writes samples.txt (prior samples)"),
-    "reconstruct": Mode(_analysis("reconstruct"), "writes reconstructions.tsv"),
-    "interpolate": Mode(_analysis("interpolate"), "writes interpolations.txt"),
-    "features": Mode(_analysis("features"), "writes features_<split>.npy, labels_<split>.npy "
+    "sample": Mode(_latent_mode(lambda a: a.sample_mode), "writes samples.txt (prior samples)"),
+    "reconstruct": Mode(_latent_mode(lambda a: a.reconstruct_mode), "writes reconstructions.tsv"),
+    "interpolate": Mode(_latent_mode(lambda a: a.interpolate_mode), "writes interpolations.txt"),
+    "features": Mode(_latent_mode(lambda a: a.features_mode), "writes features_<split>.npy, labels_<split>.npy "
                      "and features_<split>.png"),
-    "classify": Mode(_analysis("classify"), "writes classification.json"),
-    "cluster": Mode(_analysis("cluster"), "writes cluster_<split>.json"),
+    "classify": Mode(_latent_mode(lambda a: a.classify_mode), "writes classification.json"),
+    "cluster": Mode(_latent_mode(lambda a: a.cluster_mode), "writes cluster_<split>.json"),
 }
 MODE_HELP = ("train trains; the others restore the workdir's latest checkpoint with the run's "
              "config.json and any --config.* flags given on top (see --config.analysis.*). "
@@ -298,8 +305,6 @@ class _QuietLibraries(logging_std.Filter):
   NOISE = (
       ("/jax/_src/xla_bridge", "Unable to initialize backend"),  # no TPU on this machine
       ("/tensorflow_datasets/", "has no dataset_info.json"),  # before the first preparation
-      ("/orbax/", "read_only=True"),  # evaluation opens checkpoints read-only on purpose
-      ("/orbax/", "Given directory is read only"),
       ("/asyncio/", "exception was never retrieved"),  # a failed restore's abandoned reads
   )
 

@@ -1,9 +1,12 @@
 """Honest evaluation (docs/method.md §4): importance-sampled NLL, PPL, KL, REC, active units and
 mutual information, for any method.
 
-The method supplies the per-sentence estimates (`Method.nll_step`: SRI's short-run chains with
-their exact log-det, the VAE's importance-weighted bound, the LM's exact NLL) and the posterior
-moments (`Method.posterior_step`); this module runs them over a split and reduces:
+An estimator (NllEstimator, chosen by --config.eval.estimator: ESTIMATORS) supplies the
+per-sentence estimates: "is", the method's own (`Method.nll_step`: SRI's short-run chains with
+their exact log-det, the VAE's importance-weighted bound, the LM's exact NLL), with the
+posterior moments from `Latent.posterior_step`; "ais", annealed importance sampling from the
+prior, the same for every latent method, with the moments of its weighted chain ends. This
+module runs them over a split and reduces:
 
   NLL  mean over sentences of the method's -log p(x) estimate.
   PPL  exp(sum NLL / sum predicted tokens), tokens counting </s>.
@@ -19,7 +22,7 @@ moments (`Method.posterior_step`); this module runs them over a split and reduce
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -28,13 +31,13 @@ import numpy as np
 
 from srlm import ais
 from srlm import config as config_lib
+from srlm import fit
 from srlm import methods
 from srlm import parallel
 from srlm import reporting
 from srlm import runs
 from srlm import runtime
 from srlm import sampling
-from srlm import step_sizes
 from srlm.config import Config
 from srlm.data import pipeline
 from srlm.data.vocab import BOS_ID, EOS_ID
@@ -187,37 +190,29 @@ def _eval_split(config: Config, split: pipeline.Split) -> pipeline.Split:
   return split
 
 
-def evaluate_split(config: Config, method: methods.Method, params, split: pipeline.Split,
-                   rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
-                   journal: Journal | None = None) -> dict[str, Any]:
-  """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set),
-  with the settings the method reports (`Report.eval_settings`). mesh: None builds it from
-  config.parallel. journal: the NLL's finished batches (the long part) are kept there and
-  reused; AU and MI are recomputed."""
-  ecfg = config.eval
-  split = _eval_split(config, split)
-  nll_rng, latent_rng = jax.random.split(rng)
-  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
-  parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
-  values, seconds = _per_sentence(parallel.jit_replicated(method.nll_step, mesh), params,
-                                  split, config, ecfg.batch_size, mesh, nll_rng,
-                                  f"eval {split.name}", journal)
-  latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size, mesh)
+class NllEstimator(NamedTuple):
+  """One way eval estimates -log p(x), chosen by name (--config.eval.estimator; ESTIMATORS)."""
+  name: str  # its --config.eval.estimator value
+  nll_step: Callable[..., dict[str, jax.Array]]  # (params, batch, key) -> per-sentence values
+  label: str  # what the progress line calls it
+  num_samples: int  # chains (or samples) per sentence
+  samples: str  # their short description, for the summary line
+  text: str  # how every number is estimated (the result's "estimator")
+  settings: dict[str, Any]  # recorded in the result
+  note: str = ""  # the method's line of the summary (e.g. its chain's step sizes), "" for none
+  # Whether the step returns each sentence's posterior moments (AU and MI come from them) or
+  # the method's own posterior_step gives them in a second pass.
+  moments: bool = False
+  extra: Callable[[dict[str, np.ndarray], float, int], dict[str, Any]] = (
+      lambda values, seconds, num_sentences: {})
+
+
+def importance_sampling(config: Config, method: methods.Method, params) -> NllEstimator:
+  """"is": the method's own proposal (docs/method.md §4), as the method describes it."""
   settings = method.report.eval_settings(params)
-  return {
-      **_nll_summary(split, values, seconds),
-      "mi": latent["mi"],
-      "au": latent["au"],
-      "num_samples": ecfg.num_samples,
-      **settings,
-      "model_kind": method.name,
-      "estimator": method.report.estimator.text,
-      "nll_samples": method.report.nll_samples,
-      # The method's line of the printed summary (e.g. its chain's step sizes), "" for none.
-      "method_note": method.report.eval_note(settings),
-      "au_threshold": AU_THRESHOLD,
-      "posterior_mean_variance": latent["posterior_mean_variance"],
-  }
+  return NllEstimator(
+      "is", method.nll_step, "", config.eval.num_samples, method.report.nll_samples,
+      method.report.estimator.text, settings, method.report.eval_note(settings))
 
 
 def ais_settings(config: Config) -> dict[str, Any]:
@@ -228,56 +223,86 @@ def ais_settings(config: Config) -> dict[str, Any]:
           "ais_schedule_sharpness": ais.SCHEDULE_SHARPNESS}
 
 
-def ais_estimator_text(config: Config) -> str:
+def annealed_importance_sampling(config: Config, method: methods.Method,
+                                 params) -> NllEstimator:
+  """"ais": AIS from the prior (docs/method.md §9), the same for every method with a latent
+  (it uses only Latent.log_likelihood, never the method's own posterior). A method without a
+  latent (the LM) has an exact NLL: that is reported, and said."""
   ecfg = config.eval
-  return (f"annealed importance sampling from the prior (docs/method.md §9): "
+  if method.latent is None:
+    exact = importance_sampling(config, method, params)
+    return exact._replace(
+        name="ais", text=f"{exact.text}: the NLL is exact, so AIS is not run",
+        settings={**exact.settings, **ais_settings(config)},
+        extra=lambda values, seconds, num_sentences: {"ais_acceptance_rate": None,
+                                                      "ais_ess": None})
+  step = ais.make_nll_step(method.latent.log_likelihood, method.latent_dim, ecfg.ais_steps,
+                           ecfg.ais_chains, ecfg.ais_leapfrog, ecfg.ais_step_size)
+  text = (f"annealed importance sampling from the prior (docs/method.md §9): "
           f"N={ecfg.ais_steps} intermediate distributions (sigmoid schedule), "
           f"C={ecfg.ais_chains} chains per sentence, HMC with L={ecfg.ais_leapfrog} leapfrog "
           f"step(s) and per-chain adaptive step sizes (target acceptance "
           f"{ais.TARGET_ACCEPTANCE}); KL and REC under the weighted chain ends (importance "
           f"samples of the posterior); AU and MI from their weighted moments")
 
+  def extra(values, seconds, num_sentences):
+    return {"ais_acceptance_rate": float(np.mean(values["acceptance_rate"])),
+            # Of the chains' weights, per sentence: from 1 (one chain has all the weight) to C.
+            "ais_ess": float(np.mean(values["ess"])),
+            "seconds_per_sentence_per_1000_steps":
+                seconds / num_sentences * 1000 / ecfg.ais_steps}
 
-def evaluate_split_ais(config: Config, method: methods.Method, params, split: pipeline.Split,
-                       rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
-                       journal: Journal | None = None) -> dict[str, Any]:
-  """The AIS estimate of -log p(x) (docs/method.md §9) on a split, the same for every method
-  with a latent (it uses only Latent.log_likelihood, never the method's own posterior); the
-  keys of `evaluate_split` plus the chains' acceptance rate, the effective sample size of
-  their weights and the settings. A method without a latent (the LM) has an exact NLL: that
-  is reported, and said."""
-  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
-  if method.latent is None:
-    result = evaluate_split(config, method, params, split, rng, mesh, journal)
-    return {**result, **ais_settings(config),
-            "estimator": f"{result['estimator']}: the NLL is exact, so AIS is not run",
-            "ais_acceptance_rate": None, "ais_ess": None}
+  return NllEstimator(
+      "ais", step, f" (AIS, N={ecfg.ais_steps}, C={ecfg.ais_chains})", ecfg.ais_chains,
+      f"C={ecfg.ais_chains} AIS chains of N={ecfg.ais_steps} steps per sentence", text,
+      ais_settings(config), moments=True, extra=extra)
+
+
+# --config.eval.estimator's values (config.ESTIMATORS), each (config, method, params) ->
+# NllEstimator.
+ESTIMATORS = {"is": importance_sampling, "ais": annealed_importance_sampling}
+
+
+def evaluate_split(config: Config, method: methods.Method, params, split: pipeline.Split,
+                   rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
+                   journal: Journal | None = None,
+                   estimator: NllEstimator | None = None) -> dict[str, Any]:
+  """Every metric of docs/method.md §4 on a split (the first max_sentences sentences if set),
+  by `estimator` (None: the one --config.eval.estimator names), with its settings. mesh: None
+  builds it from config.parallel. journal: the NLL's finished batches (the long part) are
+  kept there and reused; AU and MI are recomputed."""
   ecfg = config.eval
+  if estimator is None:
+    estimator = ESTIMATORS[ecfg.estimator](config, method, params)
   split = _eval_split(config, split)
+  nll_rng, latent_rng = jax.random.split(rng)
+  mesh = parallel.make_mesh(config.parallel.num_devices) if mesh is None else mesh
   parallel.check_batch_size(ecfg.batch_size, mesh, "eval.batch_size")
-  step = ais.make_nll_step(method.latent.log_likelihood, method.latent_dim, ecfg.ais_steps,
-                           ecfg.ais_chains, ecfg.ais_leapfrog, ecfg.ais_step_size)
-  ais_rng, mi_rng = jax.random.split(rng)
-  values, seconds = _per_sentence(
-      parallel.jit_replicated(step, mesh), params, split, config, ecfg.batch_size, mesh,
-      ais_rng, f"eval {split.name} (AIS, N={ecfg.ais_steps}, C={ecfg.ais_chains})", journal)
-  means, variances = values["posterior_mean"], values["posterior_variance"]
+  values, seconds = _per_sentence(parallel.jit_replicated(estimator.nll_step, mesh), params,
+                                  split, config, ecfg.batch_size, mesh, nll_rng,
+                                  f"eval {split.name}{estimator.label}", journal)
+  if estimator.moments:
+    means, variances = values["posterior_mean"], values["posterior_variance"]
+    latent = {"au": active_units(means),
+              "mi": (mutual_information(means, variances, latent_rng)
+                     if estimator.num_samples > 1 else None),
+              "posterior_mean_variance": np.var(means, axis=0).tolist()}
+  else:
+    latent = latent_statistics(config, method, params, split, latent_rng, ecfg.batch_size,
+                               mesh)
   return {
       **_nll_summary(split, values, seconds),
-      "mi": mutual_information(means, variances, mi_rng) if ecfg.ais_chains > 1 else None,
-      "au": active_units(means),
-      "num_samples": ecfg.ais_chains,
-      **ais_settings(config),
-      "ais_acceptance_rate": float(np.mean(values["acceptance_rate"])),
-      # Of the chains' weights, per sentence: from 1 (one chain has all the weight) to C.
-      "ais_ess": float(np.mean(values["ess"])),
+      "mi": latent["mi"],
+      "au": latent["au"],
+      "num_samples": estimator.num_samples,
+      **estimator.settings,
+      **estimator.extra(values, seconds, len(split)),
       "model_kind": method.name,
-      "estimator": ais_estimator_text(config),
-      "nll_samples": f"C={ecfg.ais_chains} AIS chains of N={ecfg.ais_steps} steps per sentence",
-      "method_note": "",
+      "estimator": estimator.text,
+      "nll_samples": estimator.samples,
+      "method_note": estimator.note,
       "au_threshold": AU_THRESHOLD,
-      "posterior_mean_variance": np.var(means, axis=0).tolist(),
-      "seconds_per_sentence_per_1000_steps": seconds / len(split) * 1000 / ecfg.ais_steps,
+      "posterior_mean_variance": latent["posterior_mean_variance"],
   }
 
 
@@ -292,17 +317,21 @@ def evaluate_workdir(config: Config, workdir: str,
   run = runs.restore_trained(config, workdir, mesh)
   fitted = config.eval.step_sizes == "fitted"
   if fitted:
-    run = step_sizes.with_fitted(workdir, run)
+    run = fit.with_fitted(workdir, run)
   split = _named_split(config, run)
-  use_ais = config.eval.estimator == "ais"
-  evaluate = evaluate_split_ais if use_ais else evaluate_split
-  suffix = "_ais" if use_ais else "_fitted" if fitted else ""
+  estimator = ESTIMATORS[config.eval.estimator](config, run.method, run.params)
+  # eval_<split>.json; eval_<split>_ais.json by another estimator, _fitted.json by the
+  # method's own under fitted step sizes.
+  if estimator.name != "is":
+    suffix = f"_{estimator.name}"
+  else:
+    suffix = "_fitted" if fitted else ""
   name = f"eval_{config.eval.split}{suffix}"
   journal = Journal(workdir, name, run_settings(
       config, run.step, runtime.precision_in_force(),
       method_settings=run.method.report.eval_settings(run.params)), config.eval.keep_journal)
-  result = evaluate(config, run.method, run.params, split, jax.random.key(config.eval.seed),
-                    run.mesh, journal)
+  result = evaluate_split(config, run.method, run.params, split,
+                          jax.random.key(config.eval.seed), run.mesh, journal, estimator)
   result.update(checkpoint_step=run.step, **reporting.provenance())
   path = os.path.join(workdir, f"{name}.json")
   reporting.write_json_atomic(path, result)

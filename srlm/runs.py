@@ -21,6 +21,7 @@ class TrainedRun(NamedTuple):
   params: dict[str, Any]
   step: int
   mesh: jax.sharding.Mesh  # the devices it was restored onto, for the modes that use it
+  config: Config  # the config it was restored under (method was built from it)
 
 
 def restore_trained(config: Config, workdir: str,
@@ -46,4 +47,4 @@ def restore_trained(config: Config, workdir: str,
   if restored is None:
     raise no_checkpoint
   state, _ = restored
-  return TrainedRun(corpus, method, state.params, int(state.step), mesh)
+  return TrainedRun(corpus, method, state.params, int(state.step), mesh, config)

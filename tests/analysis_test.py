@@ -28,8 +28,8 @@ def _config(workdir, **analysis_fields):
 
 
 def test_sample_writes_the_requested_number_of_sentences(workdir):
-  text, path = analysis.run_mode("sample", _config(workdir, num_samples=4, max_length=6),
-                                 workdir)
+  config = _config(workdir, num_samples=4, max_length=6)
+  text, path = analysis.sample_mode(config, runs.restore_trained(config, workdir), workdir)
   assert path == os.path.join(workdir, "samples.txt")
   with open(path) as f:
     lines = f.read().split("\n")[:-1]
@@ -95,7 +95,7 @@ def test_bad_analysis_input_is_explained(workdir, mode, fields, message):
 def test_the_lm_has_no_latent_space_to_analyse():
   config = replace(config_lib.tiny(), model={"kind": "lm"})
   run = runs.TrainedRun(corpus=None, method=methods.get(config, 30), params=None, step=0,
-                        mesh=None)
+                        mesh=None, config=config)
   for mode in (analysis.sample_prior, lambda c, r: analysis.features(c, r, "test", "/tmp")):
     with pytest.raises(UserError, match="kind=lm"):
       mode(config, run)
