@@ -22,7 +22,7 @@ import common  # pylint: disable=wrong-import-position
 
 from srlm import config as config_lib  # pylint: disable=wrong-import-position
 from srlm import runs  # pylint: disable=wrong-import-position
-from srlm import step_sizes  # pylint: disable=wrong-import-position
+from srlm import fit  # pylint: disable=wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/study_small/sri", "A fitted SRI run.")
 _SENTENCES = flags.DEFINE_integer("sentences", 200, "First N sentences of each split.")
@@ -32,13 +32,13 @@ def main(argv):
   del argv
   config = config_lib.load_run_config(_WORKDIR.value)
   run = runs.restore_trained(config, _WORKDIR.value)
-  fitted = step_sizes.with_fitted(_WORKDIR.value, run)
+  fitted = fit.with_fitted(_WORKDIR.value, run)
   schedules = {name: np.log(np.asarray(r.method.chain.step_sizes(r.params)))
                for name, r in (("run", run), ("fitted", fitted))}
   rows = []
   for split in ("valid", "test"):
     sentences = run.corpus.splits[split].head(_SENTENCES.value)
-    values = {name: step_sizes.split_elbos(config, run, log_step_sizes, sentences,
+    values = {name: fit.split_elbos(config, run, log_step_sizes, sentences,
                                            jax.random.key(0))
               for name, log_step_sizes in schedules.items()}
     gain = values["fitted"] - values["run"]

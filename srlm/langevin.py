@@ -84,26 +84,6 @@ def short_run_chain(rng: jax.Array, z0: jax.Array, value_and_grad_fn: ValueAndGr
 ValueGradHessianFn = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 
 
-def per_example_value_grad_hessian(
-    logdensity_fn: Callable[[jax.Array], jax.Array]) -> ValueGradHessianFn:
-  """Autodiff Hessians of independent per-example log densities (B, D) -> (B,).
-
-  Chain b's density depends on z_b only, so the Hessian of the batch sum is block diagonal and
-  D Hessian-vector products, each with the same unit direction for every chain, give every
-  block. Fine for small models and tests; `evaluate.decoder_value_grad_hessian` is the fast
-  exact version for the LSTM decoder.
-  """
-  def fn(z_BxD):
-    grad_fn = jax.grad(lambda z: jnp.sum(logdensity_fn(z)))
-
-    def hvp(direction_D):
-      return jax.jvp(grad_fn, (z_BxD,), (jnp.broadcast_to(direction_D[None], z_BxD.shape),))[1]
-
-    columns_DxBxD = jax.vmap(hvp)(jnp.eye(z_BxD.shape[-1], dtype=z_BxD.dtype))
-    return logdensity_fn(z_BxD), grad_fn(z_BxD), jnp.transpose(columns_DxBxD, (1, 2, 0))
-  return fn
-
-
 def short_run_chain_with_logdet(rng: jax.Array, z0: jax.Array,
                                 value_grad_hessian_fn: ValueGradHessianFn,
                                 step_sizes: jax.Array, temperature: jax.Array

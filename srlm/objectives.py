@@ -115,6 +115,19 @@ def gaussian_kl(mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
   return 0.5 * (mean_BxD ** 2 + jnp.exp(logvar_BxD) - 1.0 - logvar_BxD)
 
 
+def clip_by_global_norm(tree, max_norm: float):
+  """tree scaled to a global norm of max_norm if its norm is above it, else unchanged."""
+  norm = optax.tree.norm(tree)
+  scale = jnp.where(norm > max_norm, max_norm / norm, 1.0)
+  return jax.tree.map(lambda g: g * scale, tree)
+
+
+def reparameterize(mean_BxD: jax.Array, logvar_BxD: jax.Array, key: jax.Array) -> jax.Array:
+  """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I): a draw of N(mean, diag(exp(logvar)))
+  differentiable in mean and logvar."""
+  return mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(key, mean_BxD.shape)
+
+
 def log_normal_diag(z_BxD: jax.Array, mean_BxD: jax.Array, logvar_BxD: jax.Array) -> jax.Array:
   """log N(z; mean, diag exp(logvar)), per sentence."""
   return -0.5 * jnp.sum((z_BxD - mean_BxD) ** 2 * jnp.exp(-logvar_BxD) + logvar_BxD

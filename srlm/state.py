@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from srlm import objectives
 from srlm import parallel
 from srlm.config import TrainConfig
 
@@ -46,12 +47,11 @@ class TrainState(struct.PyTreeNode):
   def apply_gradients(self, grads: dict[str, Any], count_step: bool = True) -> "TrainState":
     """Clips the given parts' gradients by their joint global norm, then one Adam step on
     each given part; parts absent from grads are untouched. step counts decoder updates."""
-    norm = optax.tree.norm(grads)
-    scale = jnp.where(norm > self.clip_norm, self.clip_norm / norm, 1.0)
+    grads = objectives.clip_by_global_norm(grads, self.clip_norm)
     params, opt_state = dict(self.params), dict(self.opt_state)
     for part, grad in grads.items():
       updates, opt_state[part] = self.optimizer(part).update(
-          jax.tree.map(lambda g: g * scale, grad), self.opt_state[part], self.params[part])
+          grad, self.opt_state[part], self.params[part])
       params[part] = optax.apply_updates(self.params[part], updates)
     return self.replace(step=self.step + int(count_step), params=params, opt_state=opt_state)
 

@@ -15,11 +15,10 @@ from srlm import evaluate
 from srlm import langevin
 from srlm import methods
 from srlm import objectives
-from srlm import train
 from srlm.methods import sri
 from srlm.models import Decoder, Encoder
 
-from helpers import copy_workdir, replace
+from helpers import copy_workdir, per_example_value_grad_hessian, replace
 
 # --- a linear-Gaussian model: p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I) -----------------
 W = jnp.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]])
@@ -44,7 +43,7 @@ def gaussian_log_weights():
   """log w (M=4000, B=3) from 3 chain steps of size 0.3 at T = 0.2. Short: longer chains
   contract volumes so much (the paper's 20 steps give log|det J| of about -18 here) that
   E[w] = p(x) still holds but the weights' tails make Monte Carlo checks useless."""
-  vgh = langevin.per_example_value_grad_hessian(
+  vgh = per_example_value_grad_hessian(
       lambda z: _gaussian_log_likelihood(z) + objectives.log_prior(z))
   run = jax.jit(lambda key: sri.importance_weights(
       key, 3, 2, vgh, _gaussian_log_likelihood, jnp.full((3,), 0.3), 0.2)["log_w"])
@@ -87,7 +86,7 @@ def test_decoder_hessian_matches_autodiff(tiny_decoder):
   model, params, batch = tiny_decoder
   z = jax.random.normal(jax.random.key(1), (4, 3))
   got = sri.decoder_value_grad_hessian(model, params, batch)(z)
-  want = langevin.per_example_value_grad_hessian(_reference_log_joint(model, params, batch))(z)
+  want = per_example_value_grad_hessian(_reference_log_joint(model, params, batch))(z)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 

@@ -7,8 +7,10 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from srlm import cli
@@ -105,3 +107,23 @@ def journaled_batches(workdir: str, result: str = "") -> int:
   import glob  # pylint: disable=import-outside-toplevel
   paths = glob.glob(os.path.join(workdir, journal.DIRECTORY, f"{result}*.jsonl"))
   return sum(sum(1 for _ in open(p)) - 1 for p in paths)
+
+
+def per_example_value_grad_hessian(
+    logdensity_fn: Callable[[jax.Array], jax.Array]):
+  """Autodiff Hessians of independent per-example log densities (B, D) -> (B,).
+
+  Chain b's density depends on z_b only, so the Hessian of the batch sum is block diagonal and
+  D Hessian-vector products, each with the same unit direction for every chain, give every
+  block. The reference the tests hold srlm's fast exact version for the LSTM decoder
+  (`methods.sri.decoder_value_grad_hessian`) against, and the Hessians of their toy models.
+  """
+  def fn(z_BxD):
+    grad_fn = jax.grad(lambda z: jnp.sum(logdensity_fn(z)))
+
+    def hvp(direction_D):
+      return jax.jvp(grad_fn, (z_BxD,), (jnp.broadcast_to(direction_D[None], z_BxD.shape),))[1]
+
+    columns_DxBxD = jax.vmap(hvp)(jnp.eye(z_BxD.shape[-1], dtype=z_BxD.dtype))
+    return logdensity_fn(z_BxD), grad_fn(z_BxD), jnp.transpose(columns_DxBxD, (1, 2, 0))
+  return fn

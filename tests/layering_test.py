@@ -14,7 +14,7 @@ MATHS_MAY_IMPORT = MATHS | {"srlm.data.vocab"}
 # What drives runs and touches files; methods (srlm.methods.*) sit below these.
 DRIVERS = {"srlm.main", "srlm.cli", "srlm.train", "srlm.evaluate", "srlm.analysis", "srlm.runs",
            "srlm.runtime",
-           "srlm.checkpointing", "srlm.plots", "srlm.step_sizes"}
+           "srlm.checkpointing", "srlm.plots", "srlm.fit"}
 
 
 def _module_name(path) -> str:

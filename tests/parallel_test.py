@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from srlm import cli
-from srlm import config as config_lib
 from srlm import runs
 from srlm import parallel
 from srlm.data import pipeline

@@ -1,4 +1,4 @@
-"""Learned short-run step sizes (srlm/methods/sri_learned.py, srlm/step_sizes.py): the gradient
+"""Learned short-run step sizes (srlm/methods/sri_learned.py, srlm/fit.py): the gradient
 of the short-run ELBO matches central finite differences (float64), a run learns, logs and
 draws its schedule, and any SRI workdir can have step sizes fitted and evaluated with them."""
 
@@ -17,7 +17,7 @@ from srlm import config as config_lib
 from srlm import evaluate
 from srlm import methods
 from srlm import runs
-from srlm import step_sizes
+from srlm import fit
 from srlm import train
 from srlm.errors import UserError
 from srlm.methods import base
@@ -89,8 +89,8 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
       "eval.step_sizes": "fitted"})
   with pytest.raises(UserError, match="fit_step_sizes"):  # nothing fitted yet
     evaluate.evaluate_workdir(config, learned_workdir)
-  fitted = step_sizes.fit_workdir(config, learned_workdir)
-  assert fitted["path"] == step_sizes.fitted_path(learned_workdir, 2)
+  fitted = fit.fit_workdir(config, learned_workdir)
+  assert fitted["path"] == fit.fitted_path(learned_workdir, 2)
   assert len(fitted["sub_batch_elbos"]) == 3
   assert np.isfinite(fitted["valid_elbo_before"]) and np.isfinite(fitted["valid_elbo_after"])
   assert fitted["step_sizes"] != fitted["initial_step_sizes"]
@@ -108,11 +108,11 @@ def test_fitted_step_sizes_are_saved_and_evaluated(learned_workdir):
   with open(fitted["path"], "w") as f:
     json.dump({"step_sizes": [0.1, 0.2]}, f)
   with pytest.raises(UserError, match="holds 2 step sizes; the run's chain has 5"):
-    step_sizes.with_fitted(learned_workdir, run)
+    fit.with_fitted(learned_workdir, run)
   with open(fitted["path"], "w") as f:
     f.write("{not json")
   with pytest.raises(UserError, match="cannot read the fitted step sizes"):
-    step_sizes.with_fitted(learned_workdir, run)
+    fit.with_fitted(learned_workdir, run)
 
 
 def test_a_stopped_fit_resumes_to_the_uninterrupted_result(learned_workdir, tmp_path, caplog):
@@ -121,7 +121,7 @@ def test_a_stopped_fit_resumes_to_the_uninterrupted_result(learned_workdir, tmp_
   workdir = copy_workdir(learned_workdir, tmp_path)
   config = config_lib.load_run_config(workdir, {"eval.max_sentences": 4, "langevin.fit_steps": 5,
                                                 "eval.keep_journal": True})
-  whole = step_sizes.fit_workdir(config, workdir)
+  whole = fit.fit_workdir(config, workdir)
   (path,) = glob.glob(os.path.join(workdir, "journals", "fitted_2.*.jsonl"))
   with open(path) as f:
     settings, *records = f.read().splitlines()
@@ -130,7 +130,7 @@ def test_a_stopped_fit_resumes_to_the_uninterrupted_result(learned_workdir, tmp_
     f.write("\n".join([settings, *stopped]) + "\n")
   os.remove(whole["path"])
   with caplog.at_level(logging.INFO):
-    resumed = step_sizes.fit_workdir(config, workdir)
+    resumed = fit.fit_workdir(config, workdir)
   assert "3 of 7 batches reused" in caplog.text  # 1 + 2 of (1 before, 5 updates, 1 after)
   timings = ("fit_seconds", "path")
   assert ({k: v for k, v in resumed.items() if k not in timings}
@@ -150,6 +150,6 @@ def test_a_method_without_a_chain_has_no_step_sizes_to_fit(tmp_path):
   config = config_lib.tiny()
   config.model.kind = "vae"
   run = runs.TrainedRun(corpus=None, method=methods.get(config, 40), params={}, step=0,
-                       mesh=None)
+                       mesh=None, config=config)
   with pytest.raises(config_lib.ConfigError, match="'vae' has no short-run chain"):
-    step_sizes.with_fitted(str(tmp_path), run)
+    fit.with_fitted(str(tmp_path), run)

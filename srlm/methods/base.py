@@ -226,9 +226,7 @@ def step_size_ascent(elbo: Callable[[Params, jax.Array, Batch, jax.Array], jax.A
 
     loss, grad = jax.value_and_grad(loss_fn)(part)
     if clip_norm is not None:
-      norm = optax.tree.norm(grad)
-      scale = jnp.where(norm > clip_norm, clip_norm / norm, 1.0)
-      grad = jax.tree.map(lambda g: g * scale, grad)
+      grad = objectives.clip_by_global_norm(grad, clip_norm)
     updates, opt_state = tx.update(grad, opt_state, part)
     return optax.apply_updates(part, updates), opt_state, -loss
 

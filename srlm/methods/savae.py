@@ -45,7 +45,7 @@ def make_refinement_path(config: Config, model: Decoder):
   def refinement_path(decoder_params, mean_BxD, logvar_BxD, batch, rng, beta, dropout):
     def negative_elbo_sum(mean_BxD, logvar_BxD, key):
       z_rng, dropout_rng = jax.random.split(key)
-      z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(z_rng, mean_BxD.shape)
+      z_BxD = objectives.reparameterize(mean_BxD, logvar_BxD, z_rng)
       log_lik_B = objectives.decoder_log_likelihood(model, decoder_params, z_BxD, batch,
                                                     dropout_rng if dropout else None)
       kl_B = jnp.sum(objectives.gaussian_kl(mean_BxD, logvar_BxD), axis=-1)

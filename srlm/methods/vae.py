@@ -65,7 +65,7 @@ def make_train_step(config: Config, model: Decoder, posterior: Posterior, steps_
     def loss_fn(params):
       mean_BxD, logvar_BxD = posterior(params, batch, jax.random.fold_in(z_rng, 1), beta,
                                        dropout=True)
-      z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(z_rng, mean_BxD.shape)
+      z_BxD = objectives.reparameterize(mean_BxD, logvar_BxD, z_rng)
       nll_B = -objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
                                                  dropout_rng)
       kl_BxD = objectives.gaussian_kl(mean_BxD, logvar_BxD) * sentence_mask_B[:, None]
@@ -163,7 +163,7 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1,
 
   def valid_step(params, batch, rng):
     mean, logvar = q(params, batch, jax.random.fold_in(rng, 1))
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    z = objectives.reparameterize(mean, logvar, rng)
     return {"rec": -objectives.decoder_log_likelihood(model, params["decoder"], z, batch, None),
             "kl": jnp.sum(objectives.gaussian_kl(mean, logvar), axis=-1)}
 
@@ -171,7 +171,7 @@ def make(config: Config, vocab_size: int, steps_per_epoch: int = 1,
     mean_BxD, logvar_BxD = q(params, batch, jax.random.fold_in(rng, 1))
 
     def one_sample(key):
-      z_BxD = mean_BxD + jnp.exp(0.5 * logvar_BxD) * jax.random.normal(key, mean_BxD.shape)
+      z_BxD = objectives.reparameterize(mean_BxD, logvar_BxD, key)
       log_lik_B = objectives.decoder_log_likelihood(model, params["decoder"], z_BxD, batch,
                                                     None)
       log_w_B = (log_lik_B + objectives.log_prior(z_BxD)
