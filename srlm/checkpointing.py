@@ -119,8 +119,13 @@ class Checkpointer:
     a parameter (sri_learned's chain length among them) is covered without a list of them."""
     try:
       saved = config_lib.from_dict(self._read(step, "config"))
-      stored = self._manager.item_metadata(step)["state"]
     except config_lib.ConfigError as e:
+      raise self._corrupt(step, e) from None
+    try:
+      stored = self._manager.item_metadata(step)["state"]
+      if stored is None:
+        raise ValueError("no metadata of the state")
+    except Exception as e:  # pylint: disable=broad-except
       raise self._corrupt(step, e) from None
     what = "was written under another config"
     self._check_fields(step, saved, config_lib.IDENTITY_FIELDS, what)

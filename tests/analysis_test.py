@@ -27,6 +27,12 @@ def _config(workdir, **analysis_fields):
                                               for k, v in analysis_fields.items()})
 
 
+def _run_mode(mode, config, workdir):
+  """srlm.main --mode=<mode> without the command line: the restored run, its mode function."""
+  return getattr(analysis, f"{mode}_mode")(config, runs.restore_trained(config, workdir),
+                                           workdir)
+
+
 def test_sample_writes_the_requested_number_of_sentences(workdir):
   config = _config(workdir, num_samples=4, max_length=6)
   text, path = analysis.sample_mode(config, runs.restore_trained(config, workdir), workdir)
@@ -40,26 +46,26 @@ def test_sample_writes_the_requested_number_of_sentences(workdir):
 def test_reconstruct_pairs_each_input_with_its_decoding(workdir, tmp_path):
   inputs = tmp_path / "in.txt"
   inputs.write_text("the market fell\n\nstocks rose sharply\n")
-  _, path = analysis.run_mode("reconstruct", _config(workdir, input_file=str(inputs)), workdir)
+  _, path = _run_mode("reconstruct", _config(workdir, input_file=str(inputs)), workdir)
   with open(path) as f:
     rows = [line.split("\t") for line in f.read().splitlines()]
   assert [r[0] for r in rows] == ["the market fell", "stocks rose sharply"]
   assert all(len(r) == 2 for r in rows)
-  _, path = analysis.run_mode("reconstruct", _config(workdir, split="valid", max_sentences=3),
+  _, path = _run_mode("reconstruct", _config(workdir, split="valid", max_sentences=3),
                               workdir)
   with open(path) as f:
     assert len(f.read().splitlines()) == 3
 
 
 def test_interpolate_decodes_every_point_of_every_pair(workdir, tmp_path):
-  _, path = analysis.run_mode(
+  _, path = _run_mode(
       "interpolate", _config(workdir, pair="the market fell|stocks rose", num_points=5), workdir)
   with open(path) as f:
     lines = f.read().splitlines()
   assert lines[0] == "# the market fell | stocks rose" and len(lines) == 1 + 5 + 1
   pairs = tmp_path / "pairs.txt"
   pairs.write_text("the market fell|stocks rose\na b|c d\n")
-  _, path = analysis.run_mode("interpolate", _config(workdir, pairs_file=str(pairs),
+  _, path = _run_mode("interpolate", _config(workdir, pairs_file=str(pairs),
                                                      num_points=3), workdir)
   with open(path) as f:
     lines = f.read().splitlines()
@@ -67,7 +73,7 @@ def test_interpolate_decodes_every_point_of_every_pair(workdir, tmp_path):
                                                       "# a b | c d"]
   assert len(lines) == 2 * (1 + 3 + 1)
   # Each pair's segment is decoded from its own codes: the first block equals a lone run.
-  _, alone = analysis.run_mode("interpolate", _config(workdir, pair="the market fell|stocks "
+  _, alone = _run_mode("interpolate", _config(workdir, pair="the market fell|stocks "
                                                       "rose", num_points=3), workdir)
   with open(alone) as f:
     assert f.read().splitlines() == lines[:5]
@@ -89,7 +95,7 @@ def test_posterior_means_are_deterministic_given_the_seed(workdir):
 ])
 def test_bad_analysis_input_is_explained(workdir, mode, fields, message):
   with pytest.raises(UserError, match=message):
-    analysis.run_mode(mode, _config(workdir, **fields), workdir)
+    _run_mode(mode, _config(workdir, **fields), workdir)
 
 
 def test_the_lm_has_no_latent_space_to_analyse():
@@ -134,14 +140,14 @@ def test_features_are_reused_only_for_the_same_checkpoint_and_settings(workdir, 
 
 
 def test_features_mode_writes_arrays_and_a_projection(workdir):
-  text, path = analysis.run_mode("features", _feature_config(workdir, split="valid"), workdir)
+  text, path = _run_mode("features", _feature_config(workdir, split="valid"), workdir)
   assert path == os.path.join(workdir, "features_valid.npy") and "unlabelled" in text
   with open(os.path.join(workdir, "features_valid.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(UserError, match="'valid' has no labels"):
-    analysis.run_mode("cluster", _feature_config(workdir, split="valid"), workdir)
+    _run_mode("cluster", _feature_config(workdir, split="valid"), workdir)
   with pytest.raises(UserError, match="unknown split 'train_100'"):
-    analysis.run_mode("classify", _feature_config(workdir), workdir)
+    _run_mode("classify", _feature_config(workdir), workdir)
 
 
 def test_training_draws_its_curves(workdir):
@@ -186,7 +192,7 @@ def test_classify_and_cluster_find_the_labels_in_a_labelled_corpus(tfds_dir, tmp
   # The paper's 40 noiseless steps; 3 chains instead of 200 (their starting points' share
   # of the mean shrinks by (1 - 0.4**2 / 2)**40 = 0.04 anyway).
   config = replace(config, analysis={"feature_chains": 3, "label_splits": ("train_40", "train")})
-  text, path = analysis.run_mode("classify", config, workdir)
+  text, path = _run_mode("classify", config, workdir)
   with open(path) as f:
     result = json.load(f)
   assert [row["train_split"] for row in result["rows"]] == ["train_40", "train"]
@@ -195,7 +201,7 @@ def test_classify_and_cluster_find_the_labels_in_a_labelled_corpus(tfds_dir, tmp
   # hold it (about 0.72 here; chance is 0.5, one standard error 0.025).
   assert result["rows"][-1]["test_accuracy"] > 0.62, text
   assert "majority class on test" in text
-  text, path = analysis.run_mode("cluster", config, workdir)
+  text, path = _run_mode("cluster", config, workdir)
   assert path == os.path.join(workdir, "cluster_test.json")
   with open(path) as f:
     assert 0.5 <= json.load(f)["accuracy"] <= 1.0

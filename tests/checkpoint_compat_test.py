@@ -3,6 +3,8 @@ a tiny SRI workdir trained by srlm at commit 97def8a (tests/data/checkpoint_97de
 says how it was made)."""
 
 import json
+import logging
+import os
 import shutil
 
 import numpy as np
@@ -17,13 +19,13 @@ FLAGS = ("--flagfile=launch/ptb_tiny.flags", "--config.data.max_train_sentences=
 
 
 def test_a_workdir_trained_at_97def8a_evaluates_to_its_numbers_and_resumes(tfds_dir, tmp_path,
-                                                                           capfd):
+                                                                           capfd, caplog):
   workdir = tmp_path / "run"
   shutil.copytree(OLD, workdir)
   evaluated = run_cli(capfd, "--mode=eval", f"--workdir={workdir}",
                       f"--config.data.dir={tfds_dir}", "--config.eval.max_sentences=4",
                       "--config.eval.num_samples=2", "--compilation_cache=off")
-  assert evaluated.code == 0, evaluated.err[-3000:]
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   got = json.loads((workdir / "eval_test.json").read_text())
   expected = json.loads((OLD / "expected_eval_test.json").read_text())
   # Evaluation runs at 'highest' precision: only JAX versions' summation orders differ.
@@ -31,7 +33,10 @@ def test_a_workdir_trained_at_97def8a_evaluates_to_its_numbers_and_resumes(tfds_
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
   assert (got["au"], got["checkpoint_step"]) == (expected["au"], 2)
 
+  caplog.set_level(logging.INFO)
   resumed = run_cli(capfd, *FLAGS, f"--workdir={workdir}", f"--config.data.dir={tfds_dir}",
                     "--config.train.max_steps=3", "--compilation_cache=off")
-  assert resumed.code == 0, resumed.err[-3000:]
-  assert "Resumed from" in resumed.err and "at step 2" in resumed.err
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert any(r.getMessage().startswith("Resumed from") and "at step 2" in r.getMessage()
+             for r in caplog.records)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
