@@ -76,3 +76,10 @@ def test_scan_iterations_counts_dependent_loop_steps_forward_and_backward():
   assert common.scan_iterations(common.traced(chain_of_chains, w, x)) == 3 * 20
   pick = lambda p, w, x: jax.lax.cond(p, lambda: _tanh_chain(w, x), lambda: x.sum())
   assert common.scan_iterations(common.traced(pick, True, w, x)) == 10
+
+
+def test_time_calls_stops_at_max_seconds_after_three_calls_and_says_how_many():
+  import time  # pylint: disable=import-outside-toplevel
+  timing = common.time_calls(lambda: time.sleep(0.05), repeats=50, max_seconds=0.01)
+  assert timing["repeats"] == 3  # at least 3, then the budget (long spent) stops it
+  assert common.time_calls(lambda: None, repeats=5)["repeats"] == 5

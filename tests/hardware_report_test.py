@@ -29,3 +29,17 @@ def test_a_short_budget_cuts_or_skips_the_stages_it_cannot_hold_and_keeps_the_re
   assert environment["versions"]["jax"] and environment["matmul_precision_in_force"]
   assert "| environment | ok |" in process.stdout and "| step_sri | skipped (budget) |" in (
       process.stdout)
+
+
+def test_only_runs_the_named_stages_and_refuses_a_name_it_does_not_know(tmp_path):
+  unknown = subprocess.run(
+      [sys.executable, "benchmarks/hardware_report.py", "--only=step_nothing",
+       f"--out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert unknown.returncode != 0 and "--only names no stage ['step_nothing']" in unknown.stderr
+  assert "Traceback" not in unknown.stderr
+  only = subprocess.run(
+      [sys.executable, "benchmarks/hardware_report.py", "--only=environment",
+       f"--out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert only.returncode == 0, only.stderr[-3000:]
+  (path,) = tmp_path.glob("hardware_report_*.json")
+  assert [r["stage"] for r in json.loads(path.read_text())["stages"]] == ["environment"]
